@@ -1,0 +1,1 @@
+"""guardq: an asynchronous Kafka moderation worker for LLM traffic."""

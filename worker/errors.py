@@ -1,0 +1,83 @@
+"""The error taxonomy: every failure guardq handles is one of these classes, and policy reads their
+attributes (``retriable``, ``fatal``, ``reason``) instead of parsing messages.
+
+- transient (``retriable=True``): worth another attempt later (connection trouble, timeouts, 429, 5xx,
+  an unparseable guard reply);
+- permanent for one message (``retriable=False``): dead-letter it with ``reason``;
+- fatal for the worker (``fatal=True``): configuration is wrong (401/403, unknown model); stop consuming
+  rather than dead-letter the whole backlog.
+"""
+
+from __future__ import annotations
+
+
+class GuardqError(Exception):
+    """Base class of guardq's own errors."""
+
+    retriable: bool = False
+    fatal: bool = False
+    reason: str = "internal_error"
+
+
+class GuardError(GuardqError):
+    """A guard call failed; ``status`` is the HTTP status when there was a response."""
+
+    reason = "guard_error"
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
+class GuardUnavailable(GuardError):
+    """Connection refused/reset, DNS failure, 429, 502/503/504 and other 5xx."""
+
+    retriable = True
+    reason = "guard_unavailable"
+
+
+class GuardTimeout(GuardError):
+    """The call exceeded the per-call timeout."""
+
+    retriable = True
+    reason = "guard_timeout"
+
+
+class GuardBadReply(GuardError):
+    """HTTP 200 whose body is not a verdict (no Safety line, truncated, not JSON)."""
+
+    retriable = True
+    reason = "guard_bad_reply"
+
+
+class GuardRejected(GuardError):
+    """The guard refused this input (400 other than context length, 413, 422)."""
+
+    reason = "guard_rejected"
+
+
+class GuardContextOverflow(GuardRejected):
+    """The text does not fit the model's context window (vLLM 400 "maximum context length")."""
+
+    reason = "context_length"
+
+
+class GuardConfigError(GuardError):
+    """401/403 or an unknown model: the worker is misconfigured, not the message."""
+
+    fatal = True
+    reason = "guard_config"
+
+
+class InvalidInput(GuardqError):
+    """An input message that can never be moderated; ``reason`` is one code of ``dlq.REASONS``."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def is_transient(exc: BaseException) -> bool:
+    """The retry predicate: only errors that declare themselves retriable are retried."""
+    return isinstance(exc, GuardqError) and exc.retriable

@@ -1,0 +1,63 @@
+"""The guard backend protocol: one request in, one verdict out, or a ``worker.errors.GuardError``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
+
+Kind = Literal["prompt", "response"]
+Label = Literal["safe", "unsafe", "controversial"]
+
+
+@dataclass(frozen=True)
+class GuardRequest:
+    """What to moderate: a prompt (``text``), or a response (``text``) to the user turn ``prompt``."""
+
+    text: str
+    kind: Kind = "prompt"
+    prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class GuardVerdict:
+    """A guard's answer; ``refusal`` is None for prompts and when the backend cannot tell."""
+
+    label: Label
+    categories: tuple[str, ...]
+    refusal: bool | None
+    model: str
+
+
+class GuardBackend(Protocol):
+    """A guard model client. ``start``/``stop`` are idempotent; ``moderate`` is safe to call concurrently."""
+
+    @property
+    def model(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def moderate(self, request: GuardRequest) -> GuardVerdict:
+        """Moderate one text; raises a ``GuardError`` subclass on failure."""
+        ...
+
+
+def build_backend(settings: Settings) -> GuardBackend:
+    """The backend named by GUARDQ_GUARD_BACKEND."""
+    if settings.guard_backend == "local":
+        from worker.guard.local import LocalBackend
+
+        return LocalBackend()
+    from worker.guard.qwen3guard import Qwen3GuardBackend
+
+    return Qwen3GuardBackend(
+        base_url=settings.guard_url,
+        model=settings.guard_model,
+        api_key=settings.guard_api_key,
+        timeout_s=settings.guard_timeout_s,
+        pool_size=settings.concurrency,
+    )

@@ -1,0 +1,122 @@
+"""Kafka clients built from settings: connection/security options, producer, consumer, topic creation.
+
+Broker facts that shape these choices (tansu, and Kafka in general):
+- the idempotent producer and transactions are not available on every broker: at-least-once delivery
+  with idempotent results, ``enable_idempotence=False``;
+- ``end_offsets``/``seek_to_end`` are unreliable on tansu: use ``highwater`` after a fetch instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """Bootstrap, TLS and SASL options shared by every client."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in {"SSL", "SASL_SSL"}:
+        options["ssl_context"] = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile,
+            certfile=settings.kafka_ssl_certfile,
+            keyfile=settings.kafka_ssl_keyfile,
+        )
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password
+    return options
+
+
+def make_producer(settings: Settings, *, linger_ms: int = 5) -> AIOKafkaProducer:
+    """A producer whose sends complete only when every in-sync replica has the record (acks=all)."""
+    return AIOKafkaProducer(
+        **connection_options(settings),
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=linger_ms,
+        max_batch_size=256 * 1024,
+        request_timeout_ms=30_000,
+        compression_type=None,
+    )
+
+
+def make_consumer(settings: Settings, *, group_id: str | None, **overrides: Any) -> AIOKafkaConsumer:
+    """A consumer with manual commits; a dead member's partitions move within session timeout + ~4 s."""
+    session_ms = int(settings.session_timeout_s * 1000)
+    options: dict[str, Any] = {
+        **connection_options(settings),
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": session_ms,
+        "heartbeat_interval_ms": max(100, session_ms // 10),
+        "max_poll_interval_ms": 300_000,
+        "fetch_max_wait_ms": 100,
+        "fetch_max_bytes": 16 * 1024 * 1024,
+        "max_partition_fetch_bytes": 1024 * 1024,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(**options)
+
+
+def worker_topics(settings: Settings) -> list[str]:
+    """Every topic guardq reads or writes."""
+    return [settings.input_topic, settings.verdict_topic, settings.dlq_topic, *settings.retry_topics]
+
+
+async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[str]:
+    """Create missing guardq topics; retry topics get the input topic's partition count. Returns created names."""
+    admin = AIOKafkaAdminClient(**connection_options(settings), request_timeout_ms=int(timeout_s * 1000))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        input_partitions = settings.topic_partitions
+        if settings.input_topic in existing:
+            described = await admin.describe_topics([settings.input_topic])
+            input_partitions = len(described[0]["partitions"]) or settings.topic_partitions
+        wanted = {settings.input_topic: settings.topic_partitions}
+        wanted |= {
+            settings.verdict_topic: settings.topic_partitions,
+            settings.dlq_topic: settings.topic_partitions,
+        }
+        wanted |= {topic: input_partitions for topic in settings.retry_topics}
+        missing = [NewTopic(name, count, 1) for name, count in wanted.items() if name not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
+                await admin.create_topics(missing)
+        return [topic.name for topic in missing]
+    finally:
+        await admin.close()
+
+
+async def wait_for_broker(settings: Settings, *, timeout_s: float) -> None:
+    """Wait until the bootstrap servers answer metadata requests, or raise ``TimeoutError``."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    last: Exception | None = None
+    while asyncio.get_running_loop().time() < deadline:
+        admin = AIOKafkaAdminClient(**connection_options(settings), request_timeout_ms=2000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except Exception as exc:  # any connection failure means "not yet"
+            last = exc
+            await asyncio.sleep(0.2)
+        finally:
+            await admin.close()
+    raise TimeoutError(f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout_s:.0f} s: {last}")

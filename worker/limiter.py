@@ -1,0 +1,89 @@
+"""The one concurrency limit on guard calls, shared by every partition of a worker process.
+
+It lives in one object so that a later controller can adapt ``limit`` to the guard's behaviour
+(latency, 429s) without touching callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+
+class ConcurrencyLimiter:
+    """A resizable FIFO semaphore that also reports how many slots are in use."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self._limit = limit
+        self._in_flight = 0
+        self._peak = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def peak(self) -> int:
+        """The highest ``in_flight`` seen since the last ``reset_peak``."""
+        return self._peak
+
+    def reset_peak(self) -> None:
+        self._peak = self._in_flight
+
+    def set_limit(self, limit: int) -> None:
+        """Change the limit; calls already in flight are never interrupted."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self._limit = limit
+        self._grant()
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one slot for the duration of a guard call."""
+        await self._acquire()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self._grant()
+
+    async def _acquire(self) -> None:
+        if self._in_flight < self._limit and not self._waiters:
+            self._take()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                # The slot was granted just as we were cancelled: hand it on.
+                self._in_flight -= 1
+                self._grant()
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+
+    def _take(self) -> None:
+        self._in_flight += 1
+        self._peak = max(self._peak, self._in_flight)
+
+    def _grant(self) -> None:
+        while self._waiters and self._in_flight < self._limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._take()
+                waiter.set_result(None)

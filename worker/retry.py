@@ -1,0 +1,79 @@
+"""The one retry policy for guard calls, built on tenacity: bounded by attempts and by total time,
+exponential backoff with full jitter, only for transient errors, honouring a server's Retry-After.
+
+Nothing else in guardq retries guard calls, so the attempt counts reported in verdicts and dead-letter
+headers are exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from worker.errors import GuardError, is_transient
+
+T = TypeVar("T")
+
+
+class GuardCallFailed(Exception):
+    """A guard call that failed for good: the last error and how many attempts were made."""
+
+    def __init__(self, error: GuardError, attempts: int) -> None:
+        super().__init__(f"{type(error).__name__} after {attempts} attempt(s): {error}")
+        self.error = error
+        self.attempts = attempts
+
+    @property
+    def exhausted(self) -> bool:
+        """True when the error was transient and the retry budget ran out."""
+        return self.error.retriable
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long a guard call is retried in process."""
+
+    max_attempts: int = 3
+    max_total_s: float = 60.0
+    initial_backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+
+    def _wait(self, state: RetryCallState) -> float:
+        backoff = wait_exponential_jitter(initial=self.initial_backoff_s, max=self.max_backoff_s, jitter=0.5)
+        delay = backoff(state)
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, GuardError) and error.retry_after_s is not None:
+            delay = max(delay, error.retry_after_s)
+        return delay
+
+    async def call(self, attempt: Callable[[int], Awaitable[T]]) -> tuple[T, int]:
+        """Run ``attempt(n)`` (n = 1, 2, ...) until it succeeds; return its result and the attempts made.
+
+        When attempts or time run out, or at once for an error that is not transient, the last
+        ``GuardError`` is raised wrapped in ``GuardCallFailed`` with the number of attempts made.
+        """
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_total_s),
+            wait=self._wait,
+            retry=retry_if_exception(is_transient),
+            reraise=True,
+        )
+        made = 0
+        try:
+            async for trial in retrying:
+                with trial:
+                    made += 1
+                    return await attempt(made), made
+        except GuardError as exc:
+            raise GuardCallFailed(exc, made) from exc
+        raise AssertionError("tenacity ended without a result or an error")  # pragma: no cover

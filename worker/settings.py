@@ -1,0 +1,271 @@
+"""One frozen settings object, built once from environment variables and flags, validated at start-up.
+
+Each setting is declared once in ``SPECS``: its environment variable, its `guardq run` flag, its default and
+its parser. A bad value raises ``SettingsError`` with a one-line message naming the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+from urllib.parse import urlparse
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message is one line naming the variable."""
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number 0..65535")
+    return value
+
+
+def _text(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def _optional_text(raw: str) -> str | None:
+    return raw or None
+
+
+def _topic(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,200}", raw):
+        raise ValueError("must be a Kafka topic name (letters, digits, '.', '_', '-')")
+    return raw
+
+
+def _bootstrap(raw: str) -> str:
+    for server in raw.split(","):
+        host, sep, port = server.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"{server.strip()!r} is not host:port")
+    return raw
+
+
+def _redis_url(raw: str) -> str:
+    if urlparse(raw).scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return raw
+
+
+def _http_url(raw: str) -> str:
+    parsed = urlparse(raw)
+    if parsed.scheme not in {"http", "https"} or not parsed.netloc:
+        raise ValueError("must be an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
+def _backend(raw: str) -> str:
+    if raw not in {"qwen3guard", "local"}:
+        raise ValueError("must be 'qwen3guard' or 'local'")
+    return raw
+
+
+def _security_protocol(raw: str) -> str:
+    value = raw.upper()
+    if value not in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}:
+        raise ValueError("must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    return value
+
+
+_DURATION = re.compile(r"(\d+)(ms|s|m|h)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration_s(raw: str) -> float:
+    """Parse ``250ms``, ``10s``, ``1m`` or ``2h`` into seconds."""
+    match = _DURATION.fullmatch(raw.strip())
+    if not match or int(match.group(1)) <= 0:
+        raise ValueError(f"{raw.strip()!r} is not a duration like 10s, 1m, 2h")
+    return int(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def _retry_schedule(raw: str) -> tuple[str, ...]:
+    steps = tuple(step.strip() for step in raw.split(",") if step.strip())
+    if not steps:
+        raise ValueError("must list at least one delay, like 10s,1m,10m")
+    delays = [parse_duration_s(step) for step in steps]
+    if delays != sorted(delays):
+        raise ValueError("delays must not decrease")
+    return steps
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one setting is read: environment variable, default, parser and help text."""
+
+    field: str
+    env: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.env.removeprefix("GUARDQ_").lower().replace("_", "-")
+
+
+SPECS: tuple[Spec, ...] = (
+    Spec("kafka_bootstrap", "GUARDQ_KAFKA_BOOTSTRAP", "127.0.0.1:9092", _bootstrap, "bootstrap servers"),
+    Spec("redis_url", "GUARDQ_REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url, "verdict store", True),
+    Spec("redis_prefix", "GUARDQ_REDIS_PREFIX", "guardq:", _text, "Redis key prefix"),
+    Spec("guard_backend", "GUARDQ_GUARD_BACKEND", "qwen3guard", _backend, "qwen3guard or local"),
+    Spec("guard_url", "GUARDQ_GUARD_URL", "http://127.0.0.1:8000/v1", _http_url, "guard base URL (/v1)"),
+    Spec(
+        "guard_model", "GUARDQ_GUARD_MODEL", "Qwen/Qwen3Guard-Gen-8B", _text, "model name sent to the guard"
+    ),
+    Spec("guard_api_key", "GUARDQ_GUARD_API_KEY", "", _optional_text, "bearer token (never logged)", True),
+    Spec("guard_timeout_s", "GUARDQ_GUARD_TIMEOUT_S", "30", _positive_float, "per-call guard timeout"),
+    Spec("input_topic", "GUARDQ_INPUT_TOPIC", "moderation.requests", _topic, "input topic"),
+    Spec("verdict_topic", "GUARDQ_VERDICT_TOPIC", "moderation.verdicts", _topic, "verdict topic"),
+    Spec("dlq_topic", "GUARDQ_DLQ_TOPIC", "moderation.dlq", _topic, "dead-letter topic"),
+    Spec("group_id", "GUARDQ_GROUP_ID", "guardq", _text, "consumer group"),
+    Spec("concurrency", "GUARDQ_CONCURRENCY", "32", _positive_int, "max guard calls in flight"),
+    Spec(
+        "max_text_chars", "GUARDQ_MAX_TEXT_CHARS", "100000", _positive_int, "longer texts are dead-lettered"
+    ),
+    Spec("topic_partitions", "GUARDQ_TOPIC_PARTITIONS", "8", _positive_int, "partitions of created topics"),
+    Spec("verdict_ttl_s", "GUARDQ_VERDICT_TTL_S", "604800", _positive_int, "verdict TTL (dedup window)"),
+    Spec("shutdown_timeout_s", "GUARDQ_SHUTDOWN_TIMEOUT_S", "20", _positive_float, "graceful drain deadline"),
+    Spec("retry_schedule", "GUARDQ_RETRY_SCHEDULE", "10s,1m,10m", _retry_schedule, "delayed retry topics"),
+    Spec("max_replays", "GUARDQ_MAX_REPLAYS", "3", _positive_int, "replay loop guard"),
+    Spec("http_port", "GUARDQ_HTTP_PORT", "8080", _port, "health/metrics port"),
+    Spec("heartbeat_s", "GUARDQ_HEARTBEAT_S", "30", _positive_float, "guard heartbeat period"),
+    Spec("max_buffered", "GUARDQ_MAX_BUFFERED", "1000", _positive_int, "fetched-but-unfinished cap (pause)"),
+    Spec("max_buffered_mb", "GUARDQ_MAX_BUFFERED_MB", "64", _positive_int, "buffered bytes cap (pause)"),
+    Spec("session_timeout_s", "GUARDQ_SESSION_TIMEOUT_S", "10", _positive_float, "consumer session timeout"),
+    Spec("commit_interval_s", "GUARDQ_COMMIT_INTERVAL_S", "1", _positive_float, "periodic commit interval"),
+    Spec("guard_attempts", "GUARDQ_GUARD_ATTEMPTS", "3", _positive_int, "in-process guard attempts"),
+    Spec(
+        "kafka_security_protocol", "GUARDQ_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", _security_protocol, "Kafka"
+    ),
+    Spec(
+        "kafka_sasl_mechanism", "GUARDQ_KAFKA_SASL_MECHANISM", "", _optional_text, "PLAIN, SCRAM-SHA-256/512"
+    ),
+    Spec("kafka_sasl_username", "GUARDQ_KAFKA_SASL_USERNAME", "", _optional_text, "SASL user"),
+    Spec("kafka_sasl_password", "GUARDQ_KAFKA_SASL_PASSWORD", "", _optional_text, "SASL password", True),
+    Spec("kafka_ssl_cafile", "GUARDQ_KAFKA_SSL_CAFILE", "", _optional_text, "CA bundle for Kafka TLS"),
+    Spec("kafka_ssl_certfile", "GUARDQ_KAFKA_SSL_CERTFILE", "", _optional_text, "client certificate"),
+    Spec("kafka_ssl_keyfile", "GUARDQ_KAFKA_SSL_KEYFILE", "", _optional_text, "client key"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration of one guardq process; build it with ``Settings.load``."""
+
+    kafka_bootstrap: str
+    redis_url: str
+    redis_prefix: str
+    guard_backend: str
+    guard_url: str
+    guard_model: str
+    guard_api_key: str | None
+    guard_timeout_s: float
+    input_topic: str
+    verdict_topic: str
+    dlq_topic: str
+    group_id: str
+    concurrency: int
+    max_text_chars: int
+    topic_partitions: int
+    verdict_ttl_s: int
+    shutdown_timeout_s: float
+    retry_schedule: tuple[str, ...]
+    max_replays: int
+    http_port: int
+    heartbeat_s: float
+    max_buffered: int
+    max_buffered_mb: int
+    session_timeout_s: float
+    commit_interval_s: float
+    guard_attempts: int
+    kafka_security_protocol: str
+    kafka_sasl_mechanism: str | None
+    kafka_sasl_username: str | None
+    kafka_sasl_password: str | None
+    kafka_ssl_cafile: str | None
+    kafka_ssl_certfile: str | None
+    kafka_ssl_keyfile: str | None
+
+    @classmethod
+    def load(cls, env: Mapping[str, str], overrides: Mapping[str, str | None] | None = None) -> Settings:
+        """Build settings from ``env`` with ``overrides`` (flag values by field name) taking precedence."""
+        overrides = overrides or {}
+        values: dict[str, Any] = {}
+        for spec in SPECS:
+            flagged = overrides.get(spec.field)
+            raw = flagged if flagged is not None else env.get(spec.env, spec.default)
+            try:
+                values[spec.field] = spec.parse(raw)
+            except ValueError as exc:
+                shown = "<hidden>" if spec.secret else repr(raw)
+                raise SettingsError(f"{spec.env}={shown}: {exc}") from None
+        settings = cls(**values)
+        settings._check_consistency()
+        return settings
+
+    def _check_consistency(self) -> None:
+        topics = [self.input_topic, self.verdict_topic, self.dlq_topic]
+        if len(set(topics)) != len(topics):
+            raise SettingsError("GUARDQ_INPUT_TOPIC, GUARDQ_VERDICT_TOPIC and GUARDQ_DLQ_TOPIC must differ")
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise SettingsError(
+                "GUARDQ_KAFKA_SECURITY_PROTOCOL=SASL_*: set GUARDQ_KAFKA_SASL_MECHANISM, _USERNAME and _PASSWORD"
+            )
+
+    @property
+    def retry_topics(self) -> tuple[str, ...]:
+        """Delayed retry topics, one per step of the retry schedule: ``<input>.retry.<delay>``."""
+        return tuple(f"{self.input_topic}.retry.{step}" for step in self.retry_schedule)
+
+    @property
+    def lease_ttl_s(self) -> float:
+        """In-flight lease TTL: about the guard timeout, renewed by its holder while the work is alive."""
+        return max(5.0, self.guard_timeout_s)
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings for display, with secrets replaced."""
+        secret = {spec.field for spec in SPECS if spec.secret}
+        shown: dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            shown[item.name] = "<hidden>" if item.name in secret and value else value
+        return shown
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting to ``parser``; each defaults to None so the environment applies."""
+    for spec in SPECS:
+        parser.add_argument(
+            spec.flag, dest=spec.field, default=None, metavar="V", help=f"{spec.help} [{spec.env}]"
+        )
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, str | None]:
+    """The flag values given on the command line, by field name."""
+    return {spec.field: getattr(args, spec.field, None) for spec in SPECS}
