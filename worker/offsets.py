@@ -26,6 +26,10 @@ class PartitionOffsets:
         heapq.heappush(self._heap, offset)
         self._next = offset + 1
 
+    def seen(self, offset: int) -> bool:
+        """True when ``offset`` is not above the highest offset already added."""
+        return self._next is not None and offset < self._next
+
     def done(self, offset: int) -> None:
         """Mark a fetched offset finished (idempotent)."""
         self._pending.discard(offset)

@@ -1,0 +1,110 @@
+"""The worker's lifecycle: build the components, run the fetch loop, drain and stop in order.
+
+Components are composed with an ``AsyncExitStack`` so they stop in reverse order of start: the consumer
+leaves its group only after the final commit; the producer flushes after the last verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+from opentelemetry.sdk.trace import TracerProvider
+
+from worker import kafka, tracing
+from worker.consumer import FetchLoop
+from worker.guard.base import GuardBackend, build_backend
+from worker.limiter import ConcurrencyLimiter
+from worker.pipeline import Pipeline
+from worker.retry import RetryPolicy
+from worker.settings import Settings
+from worker.store import VerdictStore, connect_redis
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Worker:
+    """One guardq worker process: consumes the input topic until ``stop`` is set or a fatal error."""
+
+    settings: Settings
+    tracer_provider: TracerProvider | None = None
+    guard: GuardBackend | None = None
+    limiter: ConcurrencyLimiter = field(init=False)
+    fetch_loop: FetchLoop | None = field(init=False, default=None)
+    ready: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.limiter = ConcurrencyLimiter(self.settings.concurrency)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set (graceful drain) or a record fails fatally (raises that error)."""
+        settings = self.settings
+        provider = self.tracer_provider or tracing.build_provider()
+        async with AsyncExitStack() as stack:
+            await kafka.ensure_topics(settings)
+            redis = connect_redis(settings.redis_url, max_connections=max(16, settings.concurrency * 2))
+            stack.push_async_callback(redis.aclose)
+            await redis.ping()
+            guard = self.guard or build_backend(settings)
+            await guard.start()
+            stack.push_async_callback(guard.stop)
+            producer = kafka.make_producer(settings)
+            await producer.start()
+            stack.push_async_callback(producer.stop)
+            pipeline = Pipeline(
+                settings,
+                store=VerdictStore(
+                    redis,
+                    prefix=settings.redis_prefix,
+                    verdict_ttl_s=settings.verdict_ttl_s,
+                    lease_ttl_s=settings.lease_ttl_s,
+                ),
+                guard=guard,
+                limiter=self.limiter,
+                producer=producer,
+                tracer=tracing.get_tracer(provider),
+                retry=RetryPolicy(
+                    max_attempts=settings.guard_attempts, max_total_s=2 * settings.guard_timeout_s + 10
+                ),
+            )
+            consumer = kafka.make_consumer(settings, group_id=settings.group_id)
+            loop = FetchLoop(
+                consumer,
+                pipeline.handle,
+                max_buffered=settings.max_buffered,
+                max_buffered_bytes=settings.max_buffered_mb * 1024 * 1024,
+                commit_interval_s=settings.commit_interval_s,
+            )
+            consumer.subscribe([settings.input_topic], listener=loop)
+            await consumer.start()
+            stack.push_async_callback(consumer.stop)
+            self.fetch_loop = loop
+            await self._serve(loop, stop)
+
+    async def _serve(self, loop: FetchLoop, stop: asyncio.Event) -> None:
+        log.info("worker started: topic=%s group=%s", self.settings.input_topic, self.settings.group_id)
+        self.ready.set()
+        fetching = asyncio.create_task(loop.run(), name="fetch-loop")
+        committing = asyncio.create_task(loop.commit_periodically(), name="commit-loop")
+        stopping = asyncio.create_task(stop.wait(), name="stop-signal")
+        try:
+            await asyncio.wait({fetching, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            loop.stop_fetching()
+            stopping.cancel()
+            # A fetch error (broker gone for good) surfaces here after the drain below.
+            await asyncio.wait({fetching})
+            cut_off = await loop.drain(self.settings.shutdown_timeout_s)
+            committing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committing
+            self.ready.clear()
+            log.info("worker stopped: %d record(s) cut off at the deadline (left uncommitted)", cut_off)
+        if fetching.exception() is not None:
+            raise fetching.exception()  # type: ignore[misc]
+        if loop.fatal_error is not None:
+            raise loop.fatal_error

@@ -1,0 +1,239 @@
+"""The fetch loop: many records in flight (several per partition), bounded buffering, watermark commits.
+
+When is an offset committed? Only through ``FetchLoop.commit``: per partition, the watermark of
+``PartitionOffsets`` (everything below it is done), periodically, on revoke and at stop. Records of a
+revoked partition are dropped (their tasks cancelled, never committed); redelivery to the new owner is
+absorbed by idempotency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from worker.offsets import PartitionOffsets
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[ConsumerRecord], Awaitable[object]]
+
+# Errors of the services around the worker: the message is fine, so it is retried (not dead-lettered,
+# not committed) until they recover.
+INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    KafkaError,
+    OSError,
+    TimeoutError,
+)
+INFRA_BACKOFF_MAX_S = 10.0
+
+
+@dataclass
+class _Partition:
+    """One assignment of one partition: its offsets and the tasks working on its records."""
+
+    offsets: PartitionOffsets = field(default_factory=PartitionOffsets)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    committed: int | None = None
+
+
+@dataclass
+class FetchStats:
+    """Counters for tests, the demo and later metrics."""
+
+    fetched: int = 0
+    done: int = 0
+    infra_retries: int = 0
+    pauses: int = 0
+
+
+class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Feeds records to ``handler`` concurrently and commits only what is done."""
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        handler: Handler,
+        *,
+        max_buffered: int,
+        max_buffered_bytes: int,
+        commit_interval_s: float,
+    ) -> None:
+        self._consumer = consumer
+        self._handler = handler
+        self._max_buffered = max_buffered
+        self._max_bytes = max_buffered_bytes
+        self._commit_interval_s = commit_interval_s
+        self._parts: dict[TopicPartition, _Partition] = {}
+        self._buffered = 0
+        self._buffered_bytes = 0
+        self._paused = False
+        self._stopping = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
+        self._fatal: BaseException | None = None
+        self.stats = FetchStats()
+
+    @property
+    def buffered(self) -> int:
+        """Records fetched and not yet done."""
+        return self._buffered
+
+    @property
+    def fatal_error(self) -> BaseException | None:
+        """The error that stopped the loop, if one did."""
+        return self._fatal
+
+    def stop_fetching(self) -> None:
+        """Ask ``run`` to return; in-flight records keep going (see ``drain``)."""
+        self._stopping.set()
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Fetch and dispatch until ``stop_fetching`` is called or a record fails fatally."""
+        while not self._stopping.is_set():
+            self._apply_backpressure()
+            room = max(1, self._max_buffered - self._buffered)
+            batches = await self._consumer.getmany(timeout_ms=100, max_records=room)
+            for tp, records in batches.items():
+                part = self._parts.get(tp)
+                if part is None:
+                    continue  # revoked while the fetch was under way: the new owner reads these
+                for record in records:
+                    self._dispatch(part, record)
+
+    async def commit_periodically(self) -> None:
+        """Commit watermarks every ``commit_interval_s`` until cancelled."""
+        while True:
+            await asyncio.sleep(self._commit_interval_s)
+            await self.commit()
+
+    async def drain(self, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for in-flight records, cancel the rest, commit. Returns how many were cut off."""
+        tasks = [task for part in self._parts.values() for task in part.tasks]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        else:
+            pending = set()
+        await self.commit()
+        return len(pending)
+
+    # -- dispatch ---------------------------------------------------------------------------------
+
+    def _dispatch(self, part: _Partition, record: ConsumerRecord) -> None:
+        if part.offsets.seen(record.offset):
+            return  # already dispatched in this assignment (a refetch after a seek)
+        part.offsets.add(record.offset)
+        size = max(0, record.serialized_value_size) + max(0, record.serialized_key_size)
+        self._buffered += 1
+        self._buffered_bytes += size
+        self.stats.fetched += 1
+        task = asyncio.create_task(
+            self._process(record), name=f"record:{record.topic}/{record.partition}@{record.offset}"
+        )
+        part.tasks.add(task)
+        task.add_done_callback(lambda done: self._finished(part, record.offset, size, done))
+
+    async def _process(self, record: ConsumerRecord) -> None:
+        backoff_s = 0.2
+        while True:
+            try:
+                await self._handler(record)
+                return
+            except INFRASTRUCTURE_ERRORS as exc:
+                # The message is fine; a service around us is not. Keep it uncommitted and try again.
+                self.stats.infra_retries += 1
+                log.warning(
+                    "record %s/%d@%d: %s: %s; retrying in %.1f s",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    type(exc).__name__,
+                    exc,
+                    backoff_s,
+                )
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, INFRA_BACKOFF_MAX_S)
+
+    def _finished(self, part: _Partition, offset: int, size: int, task: asyncio.Task[None]) -> None:
+        part.tasks.discard(task)
+        self._buffered -= 1
+        self._buffered_bytes -= size
+        if task.cancelled():
+            return  # dropped (revoked or cut off at shutdown): never committed
+        error = task.exception()
+        if error is not None:
+            if self._fatal is None:
+                self._fatal = error
+                log.error("stopping: %s: %s", type(error).__name__, error)
+            self._stopping.set()
+            return
+        part.offsets.done(offset)
+        self.stats.done += 1
+        self._apply_backpressure()
+
+    def _apply_backpressure(self) -> None:
+        """Pause every assigned partition while too much is buffered; resume below half of the limits."""
+        over = self._buffered >= self._max_buffered or self._buffered_bytes >= self._max_bytes
+        under = self._buffered <= self._max_buffered // 2 and self._buffered_bytes <= self._max_bytes // 2
+        assigned = list(self._parts)
+        if over and not self._paused:
+            self._paused = True
+            self.stats.pauses += 1
+            self._consumer.pause(*assigned)
+        elif under and self._paused:
+            self._paused = False
+            self._consumer.resume(*assigned)
+
+    # -- commits and rebalances -------------------------------------------------------------------
+
+    async def commit(self, only: set[TopicPartition] | None = None) -> None:
+        """Commit the watermark of each (or each given) partition that moved since its last commit."""
+        async with self._commit_lock:
+            offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+            for tp, part in self._parts.items():
+                mark = part.offsets.committable()
+                if (only is None or tp in only) and mark is not None and mark != part.committed:
+                    offsets[tp] = OffsetAndMetadata(mark, "")
+            if not offsets:
+                return
+            try:
+                await self._consumer.commit(offsets)
+            except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+                log.warning("commit failed (%s: %s); will retry", type(exc).__name__, exc)
+                return
+            for tp, meta in offsets.items():
+                if tp in self._parts:
+                    self._parts[tp].committed = meta.offset
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Commit what is done for the revoked partitions, then drop their unfinished work."""
+        await self.commit(only=set(revoked))
+        for tp in revoked:
+            part = self._parts.pop(tp, None)
+            if part is None:
+                continue
+            for task in part.tasks:
+                task.cancel()
+            if part.tasks:
+                log.info("revoked %s: dropped %d unfinished record(s)", tp, len(part.tasks))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Start tracking newly assigned partitions (paused too if the loop is paused)."""
+        for tp in assigned:
+            self._parts.setdefault(tp, _Partition())
+        if self._paused and assigned:
+            self._consumer.pause(*assigned)
+        log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))

@@ -1,0 +1,174 @@
+"""The Qwen3Guard-Gen backend: an OpenAI-compatible chat-completions client for vLLM or SGLang.
+
+Every failure leaves as one ``worker.errors.GuardError`` subclass; this module never retries (the retry
+policy lives in one place above it). Parsing and status mapping are pure code in ``qwen3guard_parse``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Final, Self
+
+import aiohttp
+from opentelemetry.propagate import inject
+
+from worker.errors import GuardBadReply, GuardConfigError, GuardError, GuardTimeout, GuardUnavailable
+from worker.guard.base import GuardRequest, GuardVerdict
+from worker.guard.qwen3guard_parse import (
+    error_for_status,
+    error_message,
+    model_ids,
+    neutralise,
+    one_line,
+    parse_guard_output,
+    parse_retry_after,
+    reply_content,
+)
+
+__all__ = ["Qwen3GuardBackend", "build_messages", "neutralise", "parse_guard_output", "parse_retry_after"]
+
+# The verdict is three short lines; 128 tokens leaves room without letting a confused model ramble.
+MAX_TOKENS: Final = 128
+
+
+def build_messages(request: GuardRequest) -> list[dict[str, str]]:
+    """The chat messages for one request; no system prompt, the guard's chat template supplies it."""
+    text = neutralise(request.text)
+    if request.kind == "prompt":
+        return [{"role": "user", "content": text}]
+    # Response moderation needs a user turn; a response without its prompt is judged on its own.
+    prompt = neutralise(request.prompt or "")
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
+
+
+class Qwen3GuardBackend:
+    """Moderates through Qwen3Guard-Gen behind an OpenAI-compatible server, over one pooled session."""
+
+    def __init__(self, *, base_url: str, model: str, api_key: str | None, timeout_s: float, pool_size: int):
+        if pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+        if not timeout_s > 0:
+            raise ValueError("timeout_s must be positive")
+        self._base_url = base_url.rstrip("/")
+        self._model = model
+        # The key is kept only to build the header and to scrub it from server-echoed messages.
+        self._api_key = api_key or None
+        self._timeout_s = timeout_s
+        self._pool_size = pool_size
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        key = "'***'" if self._api_key else "None"
+        return (
+            f"Qwen3GuardBackend(base_url={self._base_url!r}, model={self._model!r}, api_key={key}, "
+            f"timeout_s={self._timeout_s}, pool_size={self._pool_size})"
+        )
+
+    @property
+    def model(self) -> str:
+        """The configured model name, as sent in requests and reported in verdicts."""
+        return self._model
+
+    async def start(self) -> None:
+        """Open the pooled HTTP session; calling it again is a no-op."""
+        if self._session is not None:
+            return
+        # The pool limit caps in-flight calls: vLLM queues without limit, so the client must.
+        connector = aiohttp.TCPConnector(limit=self._pool_size)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout_s)
+        )
+
+    async def stop(self) -> None:
+        """Close the session and its connections; calling it again is a no-op."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def moderate(self, request: GuardRequest) -> GuardVerdict:
+        """Moderate one prompt or response; raises a ``GuardError`` subclass on failure."""
+        payload = {
+            "model": self._model,
+            "messages": build_messages(request),
+            "temperature": 0,
+            "max_tokens": MAX_TOKENS,
+        }
+        status, headers, body = await self._call("POST", "/chat/completions", payload)
+        if status != 200:
+            raise self._http_error(status, headers, body)
+        try:
+            label, categories, refusal = parse_guard_output(reply_content(body), request.kind)
+        except GuardBadReply as exc:
+            exc.status = status
+            raise
+        return GuardVerdict(label=label, categories=categories, refusal=refusal, model=self._model)
+
+    async def check_models(self) -> None:
+        """Check that the server is reachable and serves the configured model (start-up and heartbeat).
+
+        Raises GuardConfigError if the model is not listed, GuardUnavailable/GuardTimeout if unreachable.
+        """
+        status, headers, body = await self._call("GET", "/models")
+        if status != 200:
+            raise self._http_error(status, headers, body)
+        served = model_ids(body)
+        if served is None:
+            raise GuardConfigError(
+                f"{self._base_url}/models is not an OpenAI model list: {error_message(body)}", status=status
+            )
+        if self._model not in served:
+            listed = one_line(", ".join(served) or "(none)", 200)
+            raise GuardConfigError(
+                f"guard model {self._model!r} is not served at {self._base_url}; served: {listed}",
+                status=status,
+            )
+
+    def _headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        inject(headers)  # traceparent of the current span, so the guard call joins the message's trace
+        return headers
+
+    async def _call(
+        self, method: str, path: str, payload: Mapping[str, Any] | None = None
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """One HTTP exchange: (status, headers, body), with transport failures mapped to GuardErrors."""
+        if self._session is None:
+            raise RuntimeError("Qwen3GuardBackend.start() was not called")
+        url = self._base_url + path
+        try:
+            async with self._session.request(method, url, json=payload, headers=self._headers()) as resp:
+                return resp.status, resp.headers, await resp.read()
+        except TimeoutError as exc:
+            # Caught before ClientError: aiohttp's connect/read timeouts subclass both.
+            raise GuardTimeout(f"guard call timed out after {self._timeout_s:g}s: {method} {url}") from exc
+        except aiohttp.InvalidURL as exc:
+            raise GuardConfigError(f"guard URL is invalid: {one_line(str(exc))}") from exc
+        except aiohttp.ClientError as exc:
+            raise GuardUnavailable(
+                f"guard unreachable: {type(exc).__name__}: {one_line(self._scrub(str(exc)))}"
+            ) from exc
+
+    def _http_error(self, status: int, headers: Mapping[str, str], body: bytes) -> GuardError:
+        retry_after = headers.get("Retry-After")
+        retry_after_s = parse_retry_after(retry_after, time.time()) if retry_after else None
+        if self._api_key:
+            # Scrubbed before the message is cut, so no prefix of the key survives a truncation.
+            body = body.replace(self._api_key.encode(), b"***")
+        return error_for_status(status, error_message(body), retry_after_s)
+
+    def _scrub(self, text: str) -> str:
+        """Hide the API key should it ever appear in a transport error's text."""
+        return text.replace(self._api_key, "***") if self._api_key else text

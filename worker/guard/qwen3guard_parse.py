@@ -1,0 +1,217 @@
+"""Pure functions of the Qwen3Guard client: the guard's text output, vLLM error bodies, HTTP status
+classification, Retry-After, and neutralising chat-template control tokens in user text.
+
+Kept free of I/O so every rule is unit-tested without a server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from typing import Any, Final
+
+from worker.errors import (
+    GuardBadReply,
+    GuardConfigError,
+    GuardContextOverflow,
+    GuardError,
+    GuardRejected,
+    GuardTimeout,
+    GuardUnavailable,
+)
+from worker.guard.base import Kind, Label
+
+# The Qwen3Guard-Gen taxonomy, spelled exactly as the model prints it.
+CATEGORIES: Final[frozenset[str]] = frozenset(
+    {
+        "Violent",
+        "Non-violent Illegal Acts",
+        "Sexual Content or Sexual Acts",
+        "PII",
+        "Suicide & Self-Harm",
+        "Unethical Acts",
+        "Politically Sensitive Topics",
+        "Copyright Violation",
+        "Jailbreak",
+    }
+)
+
+_LABELS: Final[dict[str, Label]] = {"safe": "safe", "unsafe": "unsafe", "controversial": "controversial"}
+_REFUSALS: Final[dict[str, bool]] = {"yes": True, "no": False}
+
+# A user text carrying these would let it close its own turn and forge the guard's answer.
+_CONTROL_TOKENS: Final[dict[str, str]] = {
+    "<|im_start|>": "[im_start]",
+    "<|im_end|>": "[im_end]",
+    "<|endoftext|>": "[endoftext]",
+    "<think>": "[think]",
+    "</think>": "[/think]",
+}
+_CONTROL_RE: Final = re.compile("|".join(re.escape(token) for token in _CONTROL_TOKENS))
+
+_KEY_LINE_RE: Final = re.compile(r"^\s*(safety|categories|refusal)\s*:(.*)$", re.IGNORECASE)
+_DELTA_SECONDS_RE: Final = re.compile(r"\d+(\.\d+)?")
+# vLLM words context overflow two ways: the OpenAI-style check ("maximum context length is N tokens")
+# and the engine's input check ("... is longer than the maximum model length of N").
+_OVERFLOW_MARKERS: Final = ("maximum context length", "maximum model length")
+
+MAX_MESSAGE_CHARS: Final = 300
+_RAW_BODY_CHARS: Final = 200
+
+
+def neutralise(text: str) -> str:
+    """Replace chat-template control tokens with visible, harmless look-alikes (one pass, exact match)."""
+    return _CONTROL_RE.sub(lambda match: _CONTROL_TOKENS[match.group(0)], text)
+
+
+def _key_values(content: str) -> dict[str, str]:
+    """The ``Safety``/``Categories``/``Refusal`` lines, keys lower-cased; a repeated key is ambiguous."""
+    found: dict[str, str] = {}
+    for line in content.splitlines():
+        match = _KEY_LINE_RE.match(line)
+        if match is None:
+            continue
+        key, value = match.group(1).lower(), match.group(2).strip()
+        if key in found:
+            raise GuardBadReply(f"guard reply repeats the {key!r} line: {one_line(content)}")
+        found[key] = value
+    return found
+
+
+def _parse_categories(value: str | None, content: str) -> tuple[str, ...]:
+    if value is None or value.lower() == "none":
+        return ()
+    names: list[str] = []
+    for raw in value.split(","):
+        name = raw.strip()
+        if not name:
+            continue  # tolerate a trailing comma; an empty name carries no claim
+        if name not in CATEGORIES:
+            raise GuardBadReply(f"guard reply has unknown category {name!r}: {one_line(content)}")
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def parse_guard_output(content: str, kind: Kind) -> tuple[Label, tuple[str, ...], bool | None]:
+    """Parse Qwen3Guard-Gen output into (label, categories, refusal); raises GuardBadReply if malformed.
+
+    Refusal is only read for response moderation, and is None when the line is absent.
+    """
+    values = _key_values(content)
+    safety = values.get("safety")
+    if safety is None:
+        raise GuardBadReply(f"guard reply has no Safety line: {one_line(content)}")
+    label = _LABELS.get(safety.lower())
+    if label is None:
+        raise GuardBadReply(f"guard reply has unknown Safety value {safety!r}: {one_line(content)}")
+    categories = _parse_categories(values.get("categories"), content)
+    refusal: bool | None = None
+    if kind == "response" and "refusal" in values:
+        refusal = _REFUSALS.get(values["refusal"].lower())
+        if refusal is None:
+            raise GuardBadReply(f"guard reply has unknown Refusal value: {one_line(content)}")
+    return label, categories, refusal
+
+
+def parse_retry_after(value: str, now: float) -> float | None:
+    """Seconds to wait from a Retry-After value (delta seconds or HTTP date), or None if unusable.
+
+    ``now`` is the current Unix time; a date in the past gives 0.
+    """
+    value = value.strip()
+    if _DELTA_SECONDS_RE.fullmatch(value):
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # "-0000" parses zone-less; HTTP dates are always GMT
+    return max(0.0, when.timestamp() - now)
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """Collapse whitespace and cut to ``limit`` characters, so messages fit one log line."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _message_from_json(doc: Any) -> str | None:
+    """The message of a nested (vLLM >= 0.10.1), flat (older vLLM) or ``{"error": "..."}`` body."""
+    if not isinstance(doc, dict):
+        return None
+    error = doc.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    for key in ("message", "detail"):
+        if key in doc:
+            value = doc[key]
+            return value if isinstance(value, str) else json.dumps(value)
+    return None
+
+
+def error_message(body: bytes) -> str:
+    """A one-line, bounded message from an error response body of any shape."""
+    text = body.decode("utf-8", errors="replace")
+    try:
+        message = _message_from_json(json.loads(text))
+    except ValueError:
+        message = None
+    if message is None:
+        message = text[:_RAW_BODY_CHARS] or "(empty body)"
+    return one_line(message)
+
+
+def error_for_status(status: int, message: str, retry_after_s: float | None = None) -> GuardError:
+    """The GuardError for a non-200 reply; the one place that maps HTTP statuses to the taxonomy."""
+    text = f"guard HTTP {status}: {message}"
+    if status == 408:
+        return GuardTimeout(
+            text, status=status
+        )  # a gateway gave up waiting: transient, not this text's fault
+    if status == 429 or status >= 500:
+        return GuardUnavailable(text, status=status, retry_after_s=retry_after_s)
+    if status == 400 and any(marker in message.lower() for marker in _OVERFLOW_MARKERS):
+        return GuardContextOverflow(text, status=status)
+    if status in (401, 403):
+        return GuardConfigError(f"{text} (check the guard API key)", status=status)
+    if status == 404:
+        return GuardConfigError(f"{text} (unknown model or wrong guard URL)", status=status)
+    return GuardRejected(text, status=status)
+
+
+def reply_content(body: bytes) -> str:
+    """``choices[0].message.content`` of a 200 chat-completions body; GuardBadReply if absent or truncated."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise GuardBadReply(f"guard reply is not JSON: {error_message(body)}") from None
+    choices = doc.get("choices") if isinstance(doc, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise GuardBadReply(f"guard reply has no choices: {error_message(body)}")
+    choice = choices[0]
+    # A verdict cut off by max_tokens may have lost its Categories or Refusal line.
+    if choice.get("finish_reason") == "length":
+        raise GuardBadReply("guard reply truncated (finish_reason=length)")
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, str):
+        raise GuardBadReply(f"guard reply has no message content: {error_message(body)}")
+    return content
+
+
+def model_ids(body: bytes) -> list[str] | None:
+    """The model ids of a ``GET /v1/models`` body, or None if it is not an OpenAI model list."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if not isinstance(data, list):
+        return None
+    return [str(entry["id"]) for entry in data if isinstance(entry, dict) and "id" in entry]

@@ -1,0 +1,104 @@
+"""The simulated guard's verdicts: a pure, deterministic keyword classifier that answers in Qwen3Guard-Gen's
+text format, plus the token estimates the simulator uses for usage and context-length checks.
+
+Tests elsewhere call ``classify`` to compute the verdict the simulator will give for a request.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+# The chat template adds the guard instructions around the text: about this many tokens.
+TEMPLATE_OVERHEAD_TOKENS = 300
+# Crude but stable: the simulator only needs a deterministic estimate, not a real tokenizer.
+CHARS_PER_TOKEN = 4
+
+# Qwen3Guard's documented category order; replies list categories in this order.
+CATEGORY_ORDER = (
+    "Violent",
+    "Non-violent Illegal Acts",
+    "Sexual Content or Sexual Acts",
+    "PII",
+    "Suicide & Self-Harm",
+    "Unethical Acts",
+    "Politically Sensitive Topics",
+    "Copyright Violation",
+    "Jailbreak",
+)
+
+REFUSAL_PREFIXES = ("i can't", "i cannot", "sorry", "i won't")
+
+# Keywords match as whole words with a few inflections, so "weapons" and "hacking" count but "skill" doesn't.
+_SUFFIX = r"(?:s|es|ed|ing|er|ers)?"
+
+
+@dataclass(frozen=True)
+class _Rule:
+    category: str
+    label: str
+    pattern: re.Pattern[str]
+    prompt_only: bool = False
+
+
+def _words(*words: str) -> re.Pattern[str]:
+    # Multi-word phrases tolerate any run of whitespace or hyphens between their words.
+    alternatives = [r"[\s-]+".join(re.escape(part) for part in re.split(r"[\s-]+", w)) for w in words]
+    return re.compile(r"\b(?:" + "|".join(alternatives) + r")" + _SUFFIX + r"\b", re.IGNORECASE)
+
+
+_RULES = (
+    _Rule("Violent", "Unsafe", _words("kill", "murder", "bomb", "weapon")),
+    _Rule("Non-violent Illegal Acts", "Unsafe", _words("steal", "hack", "drug")),
+    _Rule("PII", "Unsafe", _words("ssn", "credit card", "password")),
+    _Rule("Suicide & Self-Harm", "Unsafe", _words("suicide", "self-harm")),
+    _Rule("Jailbreak", "Unsafe", _words("ignore previous instructions", "jailbreak"), prompt_only=True),
+    _Rule("Politically Sensitive Topics", "Controversial", _words("election", "politics", "controversial")),
+)
+
+
+def is_response_moderation(messages: list[dict[str, str]]) -> bool:
+    """True when the moderated (last) message is the assistant's, i.e. response moderation."""
+    return bool(messages) and messages[-1].get("role") == "assistant"
+
+
+def _verdict(content: str, *, response: bool) -> tuple[str, list[str]]:
+    labels: set[str] = set()
+    categories: set[str] = set()
+    for rule in _RULES:
+        if (rule.prompt_only and response) or not rule.pattern.search(content):
+            continue
+        labels.add(rule.label)
+        categories.add(rule.category)
+    # Unsafe beats Controversial beats Safe; the categories of every matched rule are kept.
+    label = next((name for name in ("Unsafe", "Controversial") if name in labels), "Safe")
+    return label, [c for c in CATEGORY_ORDER if c in categories]
+
+
+def is_refusal(content: str) -> bool:
+    """True when an assistant reply opens with a refusal phrase (case-insensitive)."""
+    normalised = content.lstrip().replace("\u2019", "'").lower()
+    return normalised.startswith(REFUSAL_PREFIXES)
+
+
+def classify(messages: list[dict[str, str]]) -> str:
+    """The reply text the simulator gives for ``messages``; the last message is the one moderated."""
+    content = messages[-1].get("content", "") if messages else ""
+    response = is_response_moderation(messages)
+    label, categories = _verdict(content, response=response)
+    text = f"Safety: {label}\nCategories: {', '.join(categories) if categories else 'None'}"
+    if response:
+        text += f"\nRefusal: {'Yes' if is_refusal(content) else 'No'}"
+    return text
+
+
+def estimate_prompt_tokens(messages: list[dict[str, str]]) -> int:
+    """Prompt tokens as the simulator counts them: ceil(chars of all contents / 4) + template overhead."""
+    chars = sum(len(m.get("content", "")) for m in messages)
+    return math.ceil(chars / CHARS_PER_TOKEN) + TEMPLATE_OVERHEAD_TOKENS
+
+
+def estimate_completion_tokens(text: str) -> int:
+    """Completion tokens for a reply text, with the same per-character estimate plus end-of-turn."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN) + 1
