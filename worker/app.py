@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from worker import kafka, tracing
 from worker.consumer import FetchLoop
+from worker.errors import GuardError
 from worker.guard.base import GuardBackend, build_backend
 from worker.limiter import ConcurrencyLimiter
 from worker.pipeline import Pipeline
@@ -52,6 +53,7 @@ class Worker:
             guard = self.guard or build_backend(settings)
             await guard.start()
             stack.push_async_callback(guard.stop)
+            await self._check_guard(guard)
             producer = kafka.make_producer(settings)
             await producer.start()
             stack.push_async_callback(producer.stop)
@@ -84,6 +86,15 @@ class Worker:
             stack.push_async_callback(consumer.stop)
             self.fetch_loop = loop
             await self._serve(loop, stop)
+
+    async def _check_guard(self, guard: GuardBackend) -> None:
+        """Refuse to start on a misconfigured guard; only warn when it is merely down (it may come back)."""
+        try:
+            await guard.check()
+        except GuardError as exc:
+            if exc.fatal:
+                raise
+            log.warning("guard not reachable at start-up (%s); starting anyway", exc)
 
     async def _serve(self, loop: FetchLoop, stop: asyncio.Event) -> None:
         log.info("worker started: topic=%s group=%s", self.settings.input_topic, self.settings.group_id)

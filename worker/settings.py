@@ -18,22 +18,29 @@ class SettingsError(ValueError):
     """A setting has a bad value; the message is one line naming the variable."""
 
 
+def _number(raw: str, kind: type[int] | type[float], what: str) -> float:
+    try:
+        return kind(raw.strip())
+    except ValueError:
+        raise ValueError(f"must be {what}") from None
+
+
 def _positive_int(raw: str) -> int:
-    value = int(raw)
+    value = int(_number(raw, int, "a positive integer"))
     if value <= 0:
         raise ValueError("must be a positive integer")
     return value
 
 
 def _positive_float(raw: str) -> float:
-    value = float(raw)
+    value = _number(raw, float, "a positive number")
     if not value > 0 or value == float("inf"):
         raise ValueError("must be a positive number")
     return value
 
 
 def _port(raw: str) -> int:
-    value = int(raw)
+    value = int(_number(raw, int, "a port number 0..65535"))
     if not 0 <= value <= 65535:
         raise ValueError("must be a port number 0..65535")
     return value
@@ -258,9 +265,12 @@ class Settings:
         return shown
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per setting to ``parser``; each defaults to None so the environment applies."""
+def add_flags(parser: argparse.ArgumentParser, only: set[str] | None = None) -> None:
+    """Add one flag per setting (or per setting named in ``only``); each defaults to None so the
+    environment applies."""
     for spec in SPECS:
+        if only is not None and spec.field not in only:
+            continue
         parser.add_argument(
             spec.flag, dest=spec.field, default=None, metavar="V", help=f"{spec.help} [{spec.env}]"
         )

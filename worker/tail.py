@@ -88,7 +88,7 @@ async def records(
     try:
         tps = await assign_all(consumer, topic)
         if from_beginning:
-            consumer.seek_to_beginning(*tps)
+            await consumer.seek_to_beginning(*tps)
         else:
             await seek_to_current_end(consumer, tps)
         loop = asyncio.get_running_loop()

@@ -41,6 +41,10 @@ class GuardBackend(Protocol):
 
     async def stop(self) -> None: ...
 
+    async def check(self) -> None:
+        """Verify the guard is usable as configured: ``GuardConfigError`` if not, ``GuardUnavailable`` if down."""
+        ...
+
     async def moderate(self, request: GuardRequest) -> GuardVerdict:
         """Moderate one text; raises a ``GuardError`` subclass on failure."""
         ...

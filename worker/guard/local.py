@@ -124,6 +124,9 @@ class LocalBackend:
     ) -> None:
         await self.stop()
 
+    async def check(self) -> None:
+        """Nothing to check: the classifier ships inside the installed wheel."""
+
     async def moderate(self, request: GuardRequest) -> GuardVerdict:
         """Classify the request's text (the response text, for responses); refusal is always None."""
         if self._task is None:

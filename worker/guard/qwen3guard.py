@@ -114,6 +114,10 @@ class Qwen3GuardBackend:
             raise
         return GuardVerdict(label=label, categories=categories, refusal=refusal, model=self._model)
 
+    async def check(self) -> None:
+        """The start-up check: the server answers and serves the configured model."""
+        await self.check_models()
+
     async def check_models(self) -> None:
         """Check that the server is reachable and serves the configured model (start-up and heartbeat).
 

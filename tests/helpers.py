@@ -1,0 +1,194 @@
+"""Test helpers: the simulated guard as a subprocess, an in-process worker, publishing and collecting.
+
+Every wait here polls with a deadline; nothing sleeps a fixed time and hopes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+from aiokafka.structs import ConsumerRecord
+
+from worker.app import Worker
+from worker.guard.base import GuardBackend
+from worker.publish import Published, Publisher
+from worker.settings import SPECS, Settings
+from worker.tail import records
+
+
+@dataclass
+class GuardSim:
+    """Handle on a running guard simulator."""
+
+    base_url: str  # http://127.0.0.1:PORT/v1
+
+    @property
+    def root(self) -> str:
+        return self.base_url.removesuffix("/v1")
+
+    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(method, self.root + path, json=body) as response,
+        ):
+            response.raise_for_status()
+            return await response.json()
+
+    async def reset(self) -> None:
+        """Clear stats and restore default knobs."""
+        defaults = {"latency_ms": 0, "latency_dist": "fixed", "capacity": 256, "fail_503_rate": 0.0}
+        defaults |= {"fail_429_rate": 0.0, "reset_rate": 0.0, "hang_rate": 0.0, "garbage_rate": 0.0}
+        await self._call("POST", "/sim/config", defaults)
+        await self._call("POST", "/sim/reset")
+
+    async def configure(self, **knobs: Any) -> None:
+        await self._call("POST", "/sim/config", knobs)
+
+    async def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", "/sim/stats")
+        return result
+
+    async def calls_for(self, content: str) -> int:
+        """How many chat calls moderated exactly ``content``."""
+        digest = hashlib.sha1(content.encode("utf-8")).hexdigest()
+        return int((await self.stats())["calls_by_content"].get(digest, 0))
+
+
+def start_guard_sim(*extra: str) -> tuple[GuardSim, subprocess.Popen[str]]:
+    """Start `guardq guard-sim --port 0` and read the address it prints."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker", "guard-sim", "--port", "0", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline().strip()
+    if not line.startswith("guard-sim listening on "):
+        process.kill()
+        raise RuntimeError(f"guard-sim did not start: {line!r}")
+    return GuardSim(line.removeprefix("guard-sim listening on ")), process
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], *, timeout_s: float, what: str) -> None:
+    """Poll ``check`` every 50 ms until it is true; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings, *, guard: GuardBackend | None = None) -> AsyncIterator[Worker]:
+    """A worker running in this event loop; stopped gracefully (and checked for errors) on exit."""
+    worker = Worker(settings, guard=guard)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    ready = asyncio.create_task(worker.ready.wait())
+    await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        ready.cancel()
+        task.result()  # raises the start-up error
+    assert worker.ready.is_set(), "worker did not become ready within 30 s"
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=settings.shutdown_timeout_s + 15)
+
+
+async def publish(settings: Settings, documents: Iterable[dict[str, Any]]) -> list[Published]:
+    """Publish validated requests to the input topic."""
+    async with Publisher(settings) as publisher:
+        return [await publisher.publish(document) for document in documents]
+
+
+async def publish_raw(settings: Settings, items: Iterable[tuple[bytes | None, bytes]]) -> None:
+    """Publish (key, value) bytes to the input topic without validation."""
+    async with Publisher(settings) as publisher:
+        for key, value in items:
+            await publisher.publish_raw(key, value)
+
+
+async def collect(settings: Settings, topic: str, *, count: int, timeout_s: float) -> list[ConsumerRecord]:
+    """Read ``topic`` from the beginning until ``count`` records arrived or ``timeout_s`` passed."""
+    found: list[ConsumerRecord] = []
+    stream = records(settings, topic, from_beginning=True, timeout_s=timeout_s)
+    async with contextlib.aclosing(stream):
+        async for record in stream:
+            found.append(record)
+            if len(found) >= count:
+                break
+    return found
+
+
+async def distinct_verdict_ids(
+    settings: Settings, *, expected: int, timeout_s: float
+) -> dict[str, dict[str, Any]]:
+    """Verdicts on the verdict topic by id, read until ``expected`` distinct ids were seen (or time ran out)."""
+    by_id: dict[str, dict[str, Any]] = {}
+    stream = records(settings, settings.verdict_topic, from_beginning=True, timeout_s=timeout_s)
+    async with contextlib.aclosing(stream):
+        async for record in stream:
+            document = json.loads(record.value)
+            by_id[document["id"]] = document | {"_headers": dict(record.headers)}
+            if len(by_id) >= expected:
+                break
+    return by_id
+
+
+async def stored_verdicts(settings: Settings, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The verdicts in Redis for ``ids`` (missing ones are absent)."""
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        keys = [f"{settings.redis_prefix}verdict:{message_id}" for message_id in ids]
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(keys), 500):
+            values = await client.mget(keys[start : start + 500])
+            for value in values:
+                if value is not None:
+                    document = json.loads(value)
+                    found[document["id"]] = document
+        return found
+    finally:
+        await client.aclose()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment variables that reproduce ``settings`` in a worker subprocess."""
+    env = dict(os.environ)
+    for spec in SPECS:
+        value = getattr(settings, spec.field)
+        if value is None:
+            env.pop(spec.env, None)
+        elif isinstance(value, tuple):
+            env[spec.env] = ",".join(value)
+        else:
+            env[spec.env] = str(value)
+    return env
+
+
+def spawn_worker(settings: Settings, log_path: str) -> subprocess.Popen[bytes]:
+    """`guardq run` as a subprocess (so it can be SIGKILLed), logging to ``log_path``."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker", "run"],
+            env=settings_env(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
