@@ -192,3 +192,18 @@ def spawn_worker(settings: Settings, log_path: str) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
+
+
+async def wait_for_verdicts(
+    settings: Settings, ids: Iterable[str], *, timeout_s: float
+) -> dict[str, dict[str, Any]]:
+    """Wait until Redis holds a verdict for every id; return them."""
+    wanted = list(ids)
+    found: dict[str, dict[str, Any]] = {}
+
+    async def complete() -> bool:
+        found.update(await stored_verdicts(settings, [i for i in wanted if i not in found]))
+        return len(found) == len(set(wanted))
+
+    await wait_until(complete, timeout_s=timeout_s, what=f"verdicts for {len(set(wanted))} id(s) in Redis")
+    return found

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import SettingsFactory
-from tests.helpers import GuardSim, distinct_verdict_ids, publish, running_worker, stored_verdicts, wait_until
+from tests.helpers import GuardSim, distinct_verdict_ids, publish, running_worker, wait_for_verdicts
 from worker.guard.sim import classify
 
 pytestmark = pytest.mark.integration
@@ -27,12 +27,7 @@ async def test_thousand_messages_get_exactly_thousand_correct_verdicts(
         await publish(
             settings, ({"id": key, "text": text, "metadata": {"n": key}} for key, text in texts.items())
         )
-
-        async def all_stored() -> bool:
-            return len(await stored_verdicts(settings, texts)) == len(texts)
-
-        await wait_until(all_stored, timeout_s=90, what="1,000 verdicts in Redis")
-    stored = await stored_verdicts(settings, texts)
+        stored = await wait_for_verdicts(settings, texts, timeout_s=90)
     assert len(stored) == 1000
     for key, verdict in stored.items():
         assert verdict["label"] == _expected_label(texts[key]), key

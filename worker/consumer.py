@@ -54,6 +54,7 @@ class FetchStats:
     done: int = 0
     infra_retries: int = 0
     pauses: int = 0
+    peak_buffered: int = 0
 
 
 class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -140,6 +141,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         self._buffered += 1
         self._buffered_bytes += size
         self.stats.fetched += 1
+        self.stats.peak_buffered = max(self.stats.peak_buffered, self._buffered)
         task = asyncio.create_task(
             self._process(record), name=f"record:{record.topic}/{record.partition}@{record.offset}"
         )
