@@ -261,6 +261,10 @@ def _non_negative_int(raw: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `guardq` command."""
     args = build_parser().parse_args(argv)
+    if args.command != "run":
+        # Client libraries log connection trouble on their own; these commands report it in one line.
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         return int(args.handler(args))
     except (SettingsError, UsageError) as exc:
@@ -273,9 +277,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report_failure(exc: Exception) -> int:
+    from aiokafka.errors import KafkaConnectionError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
     fatal = bool(getattr(exc, "fatal", False))
     kind = "guard configuration error" if fatal else type(exc).__name__
-    print(f"guardq: {kind}: {' '.join(str(exc).split())[:500]}", file=sys.stderr)
+    message = " ".join(str(exc).split())[:500]
+    if isinstance(exc, KafkaConnectionError):
+        kind, message = "cannot reach Kafka", "no broker answered (check GUARDQ_KAFKA_BOOTSTRAP)"
+    elif isinstance(exc, RedisConnectionError):
+        kind = "cannot reach Redis"
+    print(f"guardq: {kind}: {message}", file=sys.stderr)
     if os.environ.get("GUARDQ_DEBUG"):
         raise exc
     return 3 if fatal else 1

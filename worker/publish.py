@@ -49,8 +49,13 @@ class Publisher:
         self._producer: AIOKafkaProducer | None = None
 
     async def __aenter__(self) -> Publisher:
-        self._producer = kafka.make_producer(self._settings)
-        await self._producer.start()
+        producer = kafka.make_producer(self._settings)
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer = producer
         return self
 
     async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:

@@ -49,7 +49,9 @@ class RetryPolicy:
     max_backoff_s: float = 5.0
 
     def _wait(self, state: RetryCallState) -> float:
-        backoff = wait_exponential_jitter(multiplier=self.initial_backoff_s, max=self.max_backoff_s, jitter=0.5)
+        backoff = wait_exponential_jitter(
+            multiplier=self.initial_backoff_s, max=self.max_backoff_s, jitter=0.5
+        )
         delay = backoff(state)
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, GuardError) and error.retry_after_s is not None:

@@ -84,8 +84,8 @@ async def records(
 ) -> AsyncGenerator[ConsumerRecord, None]:
     """Yield records of ``topic`` until ``timeout_s`` has passed (forever when None)."""
     consumer = kafka.make_consumer(settings, group_id=None)
-    await consumer.start()
     try:
+        await consumer.start()
         tps = await assign_all(consumer, topic)
         if from_beginning:
             await consumer.seek_to_beginning(*tps)
