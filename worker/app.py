@@ -7,7 +7,6 @@ leaves its group only after the final commit; the producer flushes after the las
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from worker.limiter import ConcurrencyLimiter
 from worker.pipeline import Pipeline
 from worker.retry import RetryPolicy
 from worker.settings import Settings
-from worker.store import VerdictStore, connect_redis
+from worker.store import LeaseKeeper, VerdictStore, connect_redis
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +56,17 @@ class Worker:
             producer = kafka.make_producer(settings)
             await producer.start()
             stack.push_async_callback(producer.stop)
+            store = VerdictStore(
+                redis,
+                prefix=settings.redis_prefix,
+                verdict_ttl_s=settings.verdict_ttl_s,
+                lease_ttl_s=settings.lease_ttl_s,
+            )
+            leases = LeaseKeeper(store)
             pipeline = Pipeline(
                 settings,
-                store=VerdictStore(
-                    redis,
-                    prefix=settings.redis_prefix,
-                    verdict_ttl_s=settings.verdict_ttl_s,
-                    lease_ttl_s=settings.lease_ttl_s,
-                ),
+                store=store,
+                leases=leases,
                 guard=guard,
                 limiter=self.limiter,
                 producer=producer,
@@ -85,7 +87,7 @@ class Worker:
             await consumer.start()
             stack.push_async_callback(consumer.stop)
             self.fetch_loop = loop
-            await self._serve(loop, stop)
+            await self._serve(loop, leases, stop)
 
     async def _check_guard(self, guard: GuardBackend) -> None:
         """Refuse to start on a misconfigured guard; only warn when it is merely down (it may come back)."""
@@ -96,26 +98,30 @@ class Worker:
                 raise
             log.warning("guard not reachable at start-up (%s); starting anyway", exc)
 
-    async def _serve(self, loop: FetchLoop, stop: asyncio.Event) -> None:
+    async def _serve(self, loop: FetchLoop, leases: LeaseKeeper, stop: asyncio.Event) -> None:
+        """Run the fetch loop and its helpers; any of them ending (a crash) or ``stop`` begins the drain."""
         log.info("worker started: topic=%s group=%s", self.settings.input_topic, self.settings.group_id)
         self.ready.set()
-        fetching = asyncio.create_task(loop.run(), name="fetch-loop")
-        committing = asyncio.create_task(loop.commit_periodically(), name="commit-loop")
+        supervised = [
+            asyncio.create_task(loop.run(), name="fetch-loop"),
+            asyncio.create_task(loop.commit_periodically(), name="commit-loop"),
+            asyncio.create_task(leases.run(), name="lease-keeper"),
+        ]
         stopping = asyncio.create_task(stop.wait(), name="stop-signal")
         try:
-            await asyncio.wait({fetching, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({*supervised, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             loop.stop_fetching()
             stopping.cancel()
-            # A fetch error (broker gone for good) surfaces here after the drain below.
-            await asyncio.wait({fetching})
+            await asyncio.wait(supervised[:1])  # the fetch loop returns once it sees the stop
             cut_off = await loop.drain(self.settings.shutdown_timeout_s)
-            committing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await committing
+            for task in supervised[1:]:
+                task.cancel()
+            await asyncio.gather(*supervised[1:], return_exceptions=True)
             self.ready.clear()
             log.info("worker stopped: %d record(s) cut off at the deadline (left uncommitted)", cut_off)
-        if fetching.exception() is not None:
-            raise fetching.exception()  # type: ignore[misc]
+        for task in supervised:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
         if loop.fatal_error is not None:
             raise loop.fatal_error

@@ -49,7 +49,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logs.configure(args.log_level)
-    return asyncio.run(_run_worker(settings))
+    from worker import eventloop
+
+    return eventloop.run(_run_worker(settings))
 
 
 async def _run_worker(settings: Settings) -> int:

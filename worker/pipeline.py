@@ -12,8 +12,6 @@ import enum
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
@@ -28,7 +26,7 @@ from worker.limiter import ConcurrencyLimiter
 from worker.messages import ModerationRequest, Verdict, format_rfc3339, parse_request, utc_now_rfc3339
 from worker.retry import GuardCallFailed, RetryPolicy
 from worker.settings import Settings
-from worker.store import ClaimState, Lease, VerdictStore
+from worker.store import ClaimState, Lease, LeaseKeeper, VerdictStore
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +50,7 @@ class Pipeline:
         settings: Settings,
         *,
         store: VerdictStore,
+        leases: LeaseKeeper,
         guard: GuardBackend,
         limiter: ConcurrencyLimiter,
         producer: AIOKafkaProducer,
@@ -60,6 +59,7 @@ class Pipeline:
     ) -> None:
         self._settings = settings
         self._store = store
+        self._leases = leases
         self._guard = guard
         self._limiter = limiter
         self._producer = producer
@@ -104,7 +104,7 @@ class Pipeline:
             return Outcome.DUPLICATE
         held: Lease | None = lease
         try:
-            async with self._renewing(lease):
+            with self._leases.holding(lease):
                 try:
                     verdict, attempts = await self._retry.call(lambda n: self._call_guard(request, n))
                 except GuardCallFailed as failed:
@@ -124,7 +124,7 @@ class Pipeline:
             if held is not None:  # no verdict stored: free the id for the next delivery at once
                 await asyncio.shield(self._store.release(held))
         await self._publish(request.id, document)
-        log.info("verdict id=%s label=%s attempts=%d", request.id, verdict.label, attempts)
+        log.debug("verdict id=%s label=%s attempts=%d", request.id, verdict.label, attempts)
         return Outcome.MODERATED
 
     async def _wait_for_lease(self, message_id: str) -> Lease | bytes:
@@ -140,26 +140,6 @@ class Pipeline:
             # never past the moment its lease would expire.
             await asyncio.sleep(min(poll_s, max(claim.lease_ttl_ms / 1000, 0.01)))
             poll_s = min(poll_s * 2, LEASE_POLL_MAX_S)
-
-    @asynccontextmanager
-    async def _renewing(self, lease: Lease) -> AsyncIterator[None]:
-        """Keep the lease alive while the work inside runs (retries included)."""
-
-        async def renew() -> None:
-            while True:
-                await asyncio.sleep(self._store.lease_ttl_s / 3)
-                if not await self._store.renew(lease):
-                    log.warning(
-                        "lost the in-flight lease of id=%s; another worker may take over", lease.message_id
-                    )
-                    return
-
-        renewer = asyncio.create_task(renew(), name=f"lease-renew:{lease.message_id}")
-        try:
-            yield
-        finally:
-            renewer.cancel()
-            await asyncio.gather(renewer, return_exceptions=True)
 
     async def _call_guard(self, request: ModerationRequest, attempt: int) -> GuardVerdict:
         async with self._limiter.slot():

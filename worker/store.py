@@ -7,11 +7,18 @@ Keys (``P`` = GUARDQ_REDIS_PREFIX):
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
 
 # One round trip: a stored verdict wins; else take the lease if free; else report who holds it for how long.
 _CLAIM = """
@@ -116,6 +123,18 @@ class VerdictStore:
         )
         return bool(result)
 
+    async def renew_many(self, leases: list[Lease]) -> list[bool]:
+        """Extend many leases in one pipelined round trip; False for each one that was lost."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for lease in leases:
+                await self._renew(
+                    keys=[self.lease_key(lease.message_id)],
+                    args=[lease.token, self._lease_ttl_ms],
+                    client=pipe,
+                )
+            results = await pipe.execute()
+        return [bool(result) for result in results]
+
     async def release(self, lease: Lease) -> None:
         """Give the lease up without a verdict (the message was dead-lettered or the work dropped)."""
         await self._release(keys=[self.lease_key(lease.message_id)], args=[lease.token])
@@ -124,3 +143,43 @@ class VerdictStore:
         """The stored verdict JSON, if any."""
         value = await self._redis.get(self.verdict_key(message_id))
         return value if isinstance(value, bytes) or value is None else value.encode()
+
+
+class LeaseKeeper:
+    """Keeps every held lease alive: one pipelined renewal of all of them every third of the lease TTL,
+    so holding a lease (through retries and waits) costs no task of its own."""
+
+    def __init__(self, store: VerdictStore) -> None:
+        self._store = store
+        self._held: dict[str, Lease] = {}
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    @contextmanager
+    def holding(self, lease: Lease) -> Iterator[None]:
+        """Renew ``lease`` for as long as the block runs."""
+        self._held[lease.token] = lease
+        try:
+            yield
+        finally:
+            self._held.pop(lease.token, None)
+
+    async def run(self) -> None:
+        """Renew held leases until cancelled; Redis trouble is logged and retried on the next round."""
+        while True:
+            await asyncio.sleep(self._store.lease_ttl_s / 3)
+            leases = list(self._held.values())
+            if not leases:
+                continue
+            try:
+                results = await self._store.renew_many(leases)
+            except (RedisError, OSError) as exc:
+                log.warning("could not renew %d in-flight lease(s): %s", len(leases), exc)
+                continue
+            for lease, kept in zip(leases, results, strict=True):
+                if not kept:
+                    log.warning(
+                        "lost the in-flight lease of id=%s; another worker may take over", lease.message_id
+                    )

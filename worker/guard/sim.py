@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from worker import eventloop
 from worker.guard.sim_config import (
     SimConfig,
     SimConfigError,
@@ -355,5 +356,5 @@ def run_from_args(args: argparse.Namespace) -> int:
     except SimConfigError as exc:
         print(f"guard-sim: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(_serve_until_signal(config))
+    eventloop.run(_serve_until_signal(config))
     return 0
