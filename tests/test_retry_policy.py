@@ -109,7 +109,8 @@ async def test_total_time_budget_stops_retrying_before_max_attempts() -> None:
     assert len(calls) == caught.value.attempts
     assert 1 < caught.value.attempts < 1000
     assert caught.value.exhausted
-    assert 0.15 <= elapsed < 0.5
+    # It gives up rather than start a wait that would end past the budget.
+    assert 0.12 <= elapsed <= 0.2
 
 
 async def test_retry_after_is_honoured_as_a_minimum_wait() -> None:

@@ -147,7 +147,7 @@ class DeadLetterEnvelope:
 
         def number(name: str) -> int:
             raw = need(name)
-            if not raw.isdigit():
+            if not (raw.isascii() and raw.isdigit()):
                 raise ValueError(f"header {name}={raw!r} is not a decimal number")
             return int(raw)
 
@@ -194,7 +194,7 @@ def _carried_state(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
 
 
 def _int_or(raw: str | None, default: int) -> int:
-    return int(raw) if raw is not None and raw.isdigit() and len(raw) < 19 else default
+    return int(raw) if raw is not None and raw.isascii() and raw.isdigit() and len(raw) < 19 else default
 
 
 def _history_or_empty(raw: str | None) -> list[dict[str, Any]]:

@@ -25,9 +25,12 @@ def _reject_constant(name: str) -> Any:
 def _check_encodable(value: Any) -> None:
     # json.loads turns "\ud800" escapes into lone surrogates: valid JSON, invalid UTF-8.
     try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InvalidInput("invalid_utf8", f"string with a lone surrogate at position {exc.start}") from None
+    except ValueError:
+        # A number like 1e400 parses to infinity, which cannot be echoed as standard JSON.
+        raise InvalidInput("invalid_json", "a number is out of range (overflows to infinity)") from None
 
 
 def decode_json_object(value: bytes | None) -> dict[str, Any]:
@@ -85,7 +88,9 @@ def _parse_id(document: dict[str, Any]) -> str:
 
 
 def _parse_kind(document: dict[str, Any]) -> Kind:
-    kind = _string_field(document, "kind", required=False) or "prompt"
+    kind = _string_field(document, "kind", required=False)
+    if kind is None:
+        return "prompt"
     if kind not in ("prompt", "response"):
         raise InvalidInput("invalid_value", f"field 'kind' must be 'prompt' or 'response', got {kind[:40]!r}")
     return cast(Kind, kind)
@@ -98,7 +103,9 @@ def parse_request(value: bytes | None, max_text_chars: int) -> ModerationRequest
     text = _string_field(document, "text", required=True)
     assert text is not None
     kind = _parse_kind(document)
-    prompt = _string_field(document, "prompt", required=kind == "response") if kind == "response" else None
+    prompt = _string_field(document, "prompt", required=True) if kind == "response" else None
+    if prompt is not None and not prompt.strip():
+        raise InvalidInput("missing_field", "field 'prompt' is empty (required when kind=response)")
     metadata = document.get("metadata", {})
     if metadata is None:
         metadata = {}

@@ -1,5 +1,5 @@
 """The one retry policy for guard calls, built on tenacity: bounded by attempts and by total time,
-exponential backoff with full jitter, only for transient errors, honouring a server's Retry-After.
+exponential backoff with jitter, only for transient errors, honouring a server's Retry-After.
 
 Nothing else in guardq retries guard calls, so the attempt counts reported in verdicts and dead-letter
 headers are exact.
@@ -16,7 +16,7 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    stop_after_delay,
+    stop_before_delay,
     wait_exponential_jitter,
 )
 
@@ -65,7 +65,7 @@ class RetryPolicy:
         ``GuardError`` is raised wrapped in ``GuardCallFailed`` with the number of attempts made.
         """
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_total_s),
+            stop=stop_after_attempt(self.max_attempts) | stop_before_delay(self.max_total_s),
             wait=self._wait,
             retry=retry_if_exception(is_transient),
             reraise=True,
