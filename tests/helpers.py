@@ -207,3 +207,16 @@ async def wait_for_verdicts(
 
     await wait_until(complete, timeout_s=timeout_s, what=f"verdicts for {len(set(wanted))} id(s) in Redis")
     return found
+
+
+def schema_errors(name: str, document: Any) -> list[str]:
+    """Validation errors of ``document`` against ``schemas/<name>.schema.json``."""
+    from pathlib import Path
+
+    from jsonschema import Draft202012Validator
+
+    path = Path(__file__).resolve().parent.parent / "schemas" / f"{name}.schema.json"
+    validator = Draft202012Validator(
+        json.loads(path.read_text()), format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
+    return [error.message for error in validator.iter_errors(document)]

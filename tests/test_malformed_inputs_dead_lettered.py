@@ -7,8 +7,9 @@ import json
 import pytest
 
 from tests.conftest import SettingsFactory
-from tests.helpers import GuardSim, collect, publish_raw, running_worker, wait_for_verdicts
+from tests.helpers import GuardSim, collect, publish_raw, running_worker, schema_errors, wait_for_verdicts
 from worker.dlq import DeadLetterEnvelope
+from worker.tail import render
 
 pytestmark = pytest.mark.integration
 
@@ -52,4 +53,5 @@ async def test_malformed_inputs_go_to_dead_letters_with_reasons_while_good_ones_
         assert envelope.replay_count == 0
         assert envelope.traceparent is not None
         assert "\n" not in envelope.error_message
+        assert schema_errors("deadletter", json.loads(render(record, value_only=False))) == []
     assert (await guard_sim.stats())["requests"] == 40

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import SettingsFactory
-from tests.helpers import GuardSim, distinct_verdict_ids, publish, running_worker, wait_for_verdicts
+from tests.helpers import (
+    GuardSim,
+    distinct_verdict_ids,
+    publish,
+    running_worker,
+    schema_errors,
+    wait_for_verdicts,
+)
 from worker.guard.sim import classify
 
 pytestmark = pytest.mark.integration
@@ -36,4 +43,8 @@ async def test_thousand_messages_get_exactly_thousand_correct_verdicts(
     assert sum(v["label"] == "unsafe" for v in stored.values()) == 100
     on_topic = await distinct_verdict_ids(settings, expected=1000, timeout_s=30)
     assert set(on_topic) == set(texts)
+    for verdict in on_topic.values():
+        document = {k: v for k, v in verdict.items() if k != "_headers"}
+        assert schema_errors("verdict", document) == [], document
+        assert verdict["_headers"]["traceparent"].decode().split("-")[1] == verdict["trace_id"]
     assert (await guard_sim.stats())["requests"] == 1000
