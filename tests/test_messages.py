@@ -329,3 +329,12 @@ def test_any_text_is_accepted_exactly_when_it_is_valid_non_blank_utf8_within_the
         assert outcome == "too_large"
     else:
         assert outcome == ModerationRequest(id="a", text=text)
+
+
+def test_metadata_over_64_kib_is_too_large_so_verdicts_stay_small() -> None:
+    assert _reason(_raw({"id": "a", "text": "t", "metadata": {"blob": "x" * (64 * 1024)}})) == "too_large"
+
+
+def test_metadata_just_under_64_kib_is_echoed() -> None:
+    request = parse_request(_raw({"id": "a", "text": "t", "metadata": {"blob": "x" * 60_000}}), LIMIT)
+    assert len(request.metadata["blob"]) == 60_000

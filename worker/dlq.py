@@ -23,7 +23,7 @@ REASONS: dict[str, str] = {
     "wrong_type": "a field, or the value itself, has the wrong JSON type",
     "invalid_value": "a field has a value outside its allowed set (kind, id length)",
     "empty_text": "text is empty or only white space",
-    "too_large": "text or prompt is longer than GUARDQ_MAX_TEXT_CHARS",
+    "too_large": "text or prompt is longer than GUARDQ_MAX_TEXT_CHARS, or metadata is over 64 KiB",
     "guard_rejected": "the guard refused the input as sent (HTTP 400/413/422)",
     "context_length": "the text does not fit the guard model's context window",
     "retries_exhausted": "transient guard failures outlasted the retry budget",

@@ -50,6 +50,8 @@ def make_producer(settings: Settings, *, linger_ms: int = 5) -> AIOKafkaProducer
         enable_idempotence=False,
         linger_ms=linger_ms,
         max_batch_size=256 * 1024,
+        # Dead letters carry the original value unchanged: let the broker, not the client, set the limit.
+        max_request_size=16 * 1024 * 1024,
         request_timeout_ms=30_000,
         compression_type=None,
     )

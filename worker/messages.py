@@ -16,6 +16,8 @@ from worker.errors import InvalidInput
 from worker.guard.base import GuardRequest, Kind, Label
 
 MAX_ID_CHARS = 512
+# Metadata is echoed in every verdict; bounding it keeps verdict records far below broker size limits.
+MAX_METADATA_BYTES = 64 * 1024
 
 
 def _reject_constant(name: str) -> Any:
@@ -111,6 +113,11 @@ def parse_request(value: bytes | None, max_text_chars: int) -> ModerationRequest
         metadata = {}
     if not isinstance(metadata, dict):
         raise InvalidInput("wrong_type", f"field 'metadata' must be an object, got {type(metadata).__name__}")
+    metadata_bytes = len(json.dumps(metadata, ensure_ascii=False).encode("utf-8"))
+    if metadata_bytes > MAX_METADATA_BYTES:
+        raise InvalidInput(
+            "too_large", f"metadata has {metadata_bytes} bytes, over the limit of {MAX_METADATA_BYTES}"
+        )
     if not text.strip():
         raise InvalidInput("empty_text", "field 'text' is empty")
     longest = max(len(text), len(prompt or ""))

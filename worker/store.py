@@ -179,7 +179,8 @@ class LeaseKeeper:
                 log.warning("could not renew %d in-flight lease(s): %s", len(leases), exc)
                 continue
             for lease, kept in zip(leases, results, strict=True):
-                if not kept:
+                # A lease released while the renewal was under way is not lost, just finished.
+                if not kept and lease.token in self._held:
                     log.warning(
                         "lost the in-flight lease of id=%s; another worker may take over", lease.message_id
                     )
