@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 
 from worker.dlq import (
     HISTORY_LIMIT,
-    MESSAGE_LIMIT,
     REASONS,
     DeadLetterEnvelope,
     carried_headers,
     format_history_entry,
 )
 from worker.errors import (
+    MESSAGE_LIMIT,
     GuardBadReply,
     GuardContextOverflow,
     GuardError,

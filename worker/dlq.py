@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from worker.errors import GuardqError
+from worker.errors import GuardqError, one_line
 
 # Closed, documented set of reasons (README "Dead-letter reasons" repeats it for users).
 REASONS: dict[str, str] = {
@@ -31,7 +31,6 @@ REASONS: dict[str, str] = {
 }
 
 HISTORY_LIMIT = 10
-MESSAGE_LIMIT = 500
 
 _P = "guardq."
 H_TOPIC = _P + "original.topic"
@@ -48,12 +47,6 @@ H_HISTORY = _P + "history"
 H_TRACEPARENT = "traceparent"
 
 Headers = list[tuple[str, bytes]]
-
-
-def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
-    """Collapse white space to single spaces and bound the length."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)

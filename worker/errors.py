@@ -10,6 +10,14 @@ attributes (``retriable``, ``fatal``, ``reason``) instead of parsing messages.
 
 from __future__ import annotations
 
+MESSAGE_LIMIT = 500
+
+
+def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """Collapse white space to single spaces and bound the length, so a message fits one log line."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
 
 class GuardqError(Exception):
     """Base class of guardq's own errors."""

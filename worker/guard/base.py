@@ -9,6 +9,19 @@ if TYPE_CHECKING:
     from worker.settings import Settings
 
 Kind = Literal["prompt", "response"]
+
+# The Qwen3Guard-Gen taxonomy, spelled exactly as the model prints it, in its documented order.
+QWEN3GUARD_CATEGORIES: tuple[str, ...] = (
+    "Violent",
+    "Non-violent Illegal Acts",
+    "Sexual Content or Sexual Acts",
+    "PII",
+    "Suicide & Self-Harm",
+    "Unethical Acts",
+    "Politically Sensitive Topics",
+    "Copyright Violation",
+    "Jailbreak",
+)
 Label = Literal["safe", "unsafe", "controversial"]
 
 

@@ -12,6 +12,7 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
+from worker import errors
 from worker.errors import (
     GuardBadReply,
     GuardConfigError,
@@ -21,22 +22,9 @@ from worker.errors import (
     GuardTimeout,
     GuardUnavailable,
 )
-from worker.guard.base import Kind, Label
+from worker.guard.base import QWEN3GUARD_CATEGORIES, Kind, Label
 
-# The Qwen3Guard-Gen taxonomy, spelled exactly as the model prints it.
-CATEGORIES: Final[frozenset[str]] = frozenset(
-    {
-        "Violent",
-        "Non-violent Illegal Acts",
-        "Sexual Content or Sexual Acts",
-        "PII",
-        "Suicide & Self-Harm",
-        "Unethical Acts",
-        "Politically Sensitive Topics",
-        "Copyright Violation",
-        "Jailbreak",
-    }
-)
+CATEGORIES: Final[frozenset[str]] = frozenset(QWEN3GUARD_CATEGORIES)
 
 _LABELS: Final[dict[str, Label]] = {"safe": "safe", "unsafe": "unsafe", "controversial": "controversial"}
 _REFUSALS: Final[dict[str, bool]] = {"yes": True, "no": False}
@@ -134,9 +122,8 @@ def parse_retry_after(value: str, now: float) -> float | None:
 
 
 def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    """Collapse whitespace and cut to ``limit`` characters, so messages fit one log line."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+    """``worker.errors.one_line`` with the shorter limit used for guard messages."""
+    return errors.one_line(text, limit)
 
 
 def _message_from_json(doc: Any) -> str | None:

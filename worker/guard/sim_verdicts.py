@@ -10,23 +10,15 @@ import math
 import re
 from dataclasses import dataclass
 
+from worker.guard.base import QWEN3GUARD_CATEGORIES
+
 # The chat template adds the guard instructions around the text: about this many tokens.
 TEMPLATE_OVERHEAD_TOKENS = 300
 # Crude but stable: the simulator only needs a deterministic estimate, not a real tokenizer.
 CHARS_PER_TOKEN = 4
 
-# Qwen3Guard's documented category order; replies list categories in this order.
-CATEGORY_ORDER = (
-    "Violent",
-    "Non-violent Illegal Acts",
-    "Sexual Content or Sexual Acts",
-    "PII",
-    "Suicide & Self-Harm",
-    "Unethical Acts",
-    "Politically Sensitive Topics",
-    "Copyright Violation",
-    "Jailbreak",
-)
+# Replies list categories in Qwen3Guard's documented order.
+CATEGORY_ORDER = QWEN3GUARD_CATEGORIES
 
 REFUSAL_PREFIXES = ("i can't", "i cannot", "sorry", "i won't")
 
