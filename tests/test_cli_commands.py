@@ -87,11 +87,27 @@ async def test_tail_without_from_beginning_starts_at_the_current_end(make_settin
     settings = make_settings()
     await _guardq(settings, "topics", "create")
     await _guardq(settings, "publish", "-", stdin=b'{"id": "old", "text": "before tail"}\n')
-    tail = asyncio.create_task(_guardq(settings, "tail", "--topic", "input", "--max", "1", "--timeout", "30"))
-    await asyncio.sleep(3)  # let tail find the end before the new message exists
+    tail = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        "tail",
+        "--topic",
+        "input",
+        "--max",
+        "1",
+        "--timeout",
+        "30",
+        env=settings_env(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert tail.stderr is not None
+    status = await asyncio.wait_for(tail.stderr.readline(), timeout=30)
+    assert status.decode().startswith(f"following {settings.input_topic} (4 partitions) from the current end")
     await _guardq(settings, "publish", "-", stdin=b'{"id": "new", "text": "after tail"}\n')
-    result = await tail
-    rows = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    out, _ = await asyncio.wait_for(tail.communicate(), timeout=40)
+    rows = [json.loads(line) for line in out.decode().splitlines()]
     assert [json.loads(row["value"])["id"] for row in rows] == ["new"]
 
 

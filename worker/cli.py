@@ -137,6 +137,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 max_records=args.max,
                 timeout_s=args.timeout,
                 out=sys.stdout,
+                status=sys.stderr,
             )
         )
     except LookupError as exc:

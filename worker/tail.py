@@ -10,7 +10,7 @@ import asyncio
 import base64
 import contextlib
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, TextIO
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -80,9 +80,16 @@ async def seek_to_current_end(
 
 
 async def records(
-    settings: Settings, topic: str, *, from_beginning: bool, timeout_s: float | None
+    settings: Settings,
+    topic: str,
+    *,
+    from_beginning: bool,
+    timeout_s: float | None,
+    on_positioned: Callable[[list[TopicPartition]], None] | None = None,
 ) -> AsyncGenerator[ConsumerRecord, None]:
-    """Yield records of ``topic`` until ``timeout_s`` has passed (forever when None)."""
+    """Yield records of ``topic`` until ``timeout_s`` has passed (forever when None).
+
+    ``on_positioned`` is called once every partition has its start position."""
     consumer = kafka.make_consumer(settings, group_id=None)
     try:
         await consumer.start()
@@ -91,6 +98,8 @@ async def records(
             await consumer.seek_to_beginning(*tps)
         else:
             await seek_to_current_end(consumer, tps)
+        if on_positioned is not None:
+            on_positioned(tps)
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         while deadline is None or loop.time() < deadline:
@@ -111,13 +120,24 @@ async def tail(
     max_records: int | None,
     timeout_s: float | None,
     out: TextIO,
+    status: TextIO | None = None,
 ) -> int:
-    """Print records as JSON lines; stop after ``max_records`` or ``timeout_s``. Returns how many were printed."""
+    """Print records as JSON lines to ``out``; stop after ``max_records`` or ``timeout_s``. A line on
+    ``status`` says where reading starts. Returns how many records were printed."""
     printed = 0
     value_only = topic == settings.verdict_topic
     if max_records == 0:
         return 0
-    stream = records(settings, topic, from_beginning=from_beginning, timeout_s=timeout_s)
+
+    def positioned(tps: list[TopicPartition]) -> None:
+        if status is not None:
+            start = "the beginning" if from_beginning else "the current end"
+            status.write(f"following {topic} ({len(tps)} partitions) from {start}\n")
+            status.flush()
+
+    stream = records(
+        settings, topic, from_beginning=from_beginning, timeout_s=timeout_s, on_positioned=positioned
+    )
     async with contextlib.aclosing(stream):
         async for record in stream:
             out.write(render(record, value_only=value_only) + "\n")
