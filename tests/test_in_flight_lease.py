@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import SettingsFactory
-from tests.helpers import GuardSim, collect, publish, running_worker, wait_for_verdicts
+from tests.helpers import GuardSim, collect, publish, running_worker, wait_for_verdicts, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -51,9 +50,14 @@ async def test_verdict_stored_by_the_lease_holder_is_republished_without_a_guard
     )
     try:
         await client.set(f"{settings.redis_prefix}lease:held", "live-worker", px=20000)
-        async with running_worker(settings):
+        async with running_worker(settings) as worker:
             await publish(settings, [{"id": "held", "text": "held text"}])
-            await asyncio.sleep(0.5)  # the delivery is now waiting on the lease
+
+            async def dispatched() -> bool:
+                return worker.fetch_loop is not None and worker.fetch_loop.stats.fetched >= 1
+
+            await wait_until(dispatched, timeout_s=15, what="the delivery to be dispatched")
+            assert worker.fetch_loop is not None and worker.fetch_loop.stats.done == 0  # waiting on the lease
             await client.set(f"{settings.redis_prefix}verdict:held", verdict)
             records = await collect(settings, settings.verdict_topic, count=1, timeout_s=15)
     finally:
