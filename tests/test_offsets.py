@@ -128,3 +128,16 @@ def test_watermark_is_the_smallest_unfinished_offset_in_any_completion_order(
             assert watermark == fetched[added - 1] + 1
         assert all(offset >= watermark for offset in unfinished)
     assert offsets.committable() == fetched[-1] + 1
+
+
+def test_one_stuck_offset_does_not_make_finished_offsets_pile_up_in_memory() -> None:
+    tracker = PartitionOffsets()
+    for offset in range(100_000):
+        tracker.add(offset)
+        if offset:
+            tracker.done(offset)
+    assert tracker.pending == 1
+    assert tracker.committable() == 0
+    assert tracker.held < 3_000
+    tracker.done(0)
+    assert tracker.committable() == 100_000

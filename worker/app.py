@@ -18,12 +18,15 @@ from worker.consumer import FetchLoop
 from worker.errors import GuardError
 from worker.guard.base import GuardBackend, build_backend
 from worker.limiter import ConcurrencyLimiter
+from worker.outbox import Outbox
 from worker.pipeline import Pipeline
 from worker.retry import RetryPolicy
 from worker.settings import Settings
 from worker.store import LeaseKeeper, VerdictStore, connect_redis
 
 log = logging.getLogger(__name__)
+
+FETCH_STOP_S = 10.0
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Worker:
             producer = kafka.make_producer(settings)
             await producer.start()
             stack.push_async_callback(producer.stop)
+            tracer = tracing.get_tracer(provider)
             store = VerdictStore(
                 redis,
                 prefix=settings.redis_prefix,
@@ -69,8 +73,10 @@ class Worker:
                 leases=leases,
                 guard=guard,
                 limiter=self.limiter,
-                producer=producer,
-                tracer=tracing.get_tracer(provider),
+                outbox=Outbox(
+                    producer, tracer, verdict_topic=settings.verdict_topic, dlq_topic=settings.dlq_topic
+                ),
+                tracer=tracer,
                 retry=RetryPolicy(
                     max_attempts=settings.guard_attempts, max_total_s=2 * settings.guard_timeout_s + 10
                 ),
@@ -113,11 +119,16 @@ class Worker:
         finally:
             loop.stop_fetching()
             stopping.cancel()
-            await asyncio.wait(supervised[:1])  # the fetch loop returns once it sees the stop
+            fetching, committing, renewing = supervised
+            # getmany returns within 100 ms, except while a rebalance is under way: bound the wait.
+            await asyncio.wait({fetching}, timeout=FETCH_STOP_S)
+            fetching.cancel()
+            # The periodic commit may hang in a broker outage holding the commit lock: end it first.
+            committing.cancel()
+            await asyncio.gather(fetching, committing, return_exceptions=True)
             cut_off = await loop.drain(self.settings.shutdown_timeout_s)
-            for task in supervised[1:]:
-                task.cancel()
-            await asyncio.gather(*supervised[1:], return_exceptions=True)
+            renewing.cancel()  # only now: in-flight records held leases until the drain ended
+            await asyncio.gather(renewing, return_exceptions=True)
             self.ready.clear()
             log.info("worker stopped: %d record(s) cut off at the deadline (left uncommitted)", cut_off)
         for task in supervised:

@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     topics = _command(sub, "topics", cmd_topics, "manage guardq's topics")
     topics.add_argument("action", choices=["create"], help="create the input, verdict, DLQ and retry topics")
-    add_flags(topics, only=CONNECTION_FIELDS | {"topic_partitions", "retry_schedule"})
+    add_flags(topics, only=CONNECTION_FIELDS | {"topic_partitions", "topic_replication", "retry_schedule"})
 
     stack = _command(sub, "stack", cmd_stack, "start/stop a local broker + Redis in the background")
     stack.add_argument("action", choices=["up", "down", "status"])

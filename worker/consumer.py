@@ -16,25 +16,17 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker.errors import is_infrastructure
 from worker.offsets import PartitionOffsets
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[ConsumerRecord], Awaitable[object]]
 
-# Errors of the services around the worker: the message is fine, so it is retried (not dead-lettered,
-# not committed) until they recover.
-INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    KafkaError,
-    OSError,
-    TimeoutError,
-)
 INFRA_BACKOFF_MAX_S = 10.0
+CANCEL_GRACE_S = 5.0  # how long cancelled records may take to unwind at shutdown
+COMMIT_DEADLINE_S = 10.0  # a commit at revoke or stop gives up after this
 
 
 @dataclass
@@ -121,15 +113,24 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
     async def drain(self, timeout_s: float) -> int:
         """Wait up to ``timeout_s`` for in-flight records, cancel the rest, commit. Returns how many were cut off."""
         tasks = [task for part in self._parts.values() for task in part.tasks]
+        pending: set[asyncio.Task[None]] = set()
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout_s)
             for task in pending:
                 task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        else:
-            pending = set()
-        await self.commit()
+            if pending:
+                await asyncio.wait(pending, timeout=CANCEL_GRACE_S)
+        await self.commit_within(COMMIT_DEADLINE_S)
         return len(pending)
+
+    async def commit_within(self, timeout_s: float, only: set[TopicPartition] | None = None) -> None:
+        """``commit``, but give up after ``timeout_s`` (a broker outage must not hold up a stop or a rebalance)."""
+        try:
+            await asyncio.wait_for(self.commit(only), timeout=timeout_s)
+        except TimeoutError:
+            log.warning(
+                "commit did not finish within %g s; the uncommitted records will be redelivered", timeout_s
+            )
 
     # -- dispatch ---------------------------------------------------------------------------------
 
@@ -154,7 +155,10 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
             try:
                 await self._handler(record)
                 return
-            except INFRASTRUCTURE_ERRORS as exc:
+            except Exception as exc:
+                task = asyncio.current_task()
+                if not is_infrastructure(exc) or (task is not None and task.cancelling()):
+                    raise  # a bug or a fatal error stops the worker; a cancellation stays one
                 # The message is fine; a service around us is not. Keep it uncommitted and try again.
                 self.stats.infra_retries += 1
                 log.warning(
@@ -190,7 +194,8 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         """Pause every assigned partition while too much is buffered; resume below half of the limits."""
         over = self._buffered >= self._max_buffered or self._buffered_bytes >= self._max_bytes
         under = self._buffered <= self._max_buffered // 2 and self._buffered_bytes <= self._max_bytes // 2
-        assigned = list(self._parts)
+        # Only what the consumer really holds: pausing an unassigned partition raises.
+        assigned = [tp for tp in self._parts if tp in self._consumer.assignment()]
         if over and not self._paused:
             self._paused = True
             self.stats.pauses += 1
@@ -222,7 +227,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         """Commit what is done for the revoked partitions, then drop their unfinished work."""
-        await self.commit(only=set(revoked))
+        await self.commit_within(COMMIT_DEADLINE_S, only=set(revoked))
         for tp in revoked:
             part = self._parts.pop(tp, None)
             if part is None:

@@ -28,6 +28,7 @@ REASONS: dict[str, str] = {
     "context_length": "the text does not fit the guard model's context window",
     "retries_exhausted": "transient guard failures outlasted the retry budget",
     "guard_error": "the guard failed in a way guardq does not classify (see guardq.error.message)",
+    "internal_error": "guardq failed on this message unexpectedly (a bug; please report it with the headers)",
 }
 
 HISTORY_LIMIT = 10
@@ -193,7 +194,7 @@ def _int_or(raw: str | None, default: int) -> int:
 def _history_or_empty(raw: str | None) -> list[dict[str, Any]]:
     try:
         history = json.loads(raw) if raw else []
-    except ValueError:
+    except (ValueError, RecursionError):
         return []
     return (
         [entry for entry in history if isinstance(entry, dict)][-HISTORY_LIMIT:]

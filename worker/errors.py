@@ -10,6 +10,11 @@ attributes (``retriable``, ``fatal``, ``reason``) instead of parsing messages.
 
 from __future__ import annotations
 
+from aiokafka.errors import KafkaError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 MESSAGE_LIMIT = 500
 
 
@@ -25,6 +30,12 @@ class GuardqError(Exception):
     retriable: bool = False
     fatal: bool = False
     reason: str = "internal_error"
+
+
+class InternalError(GuardqError):
+    """guardq itself failed on one message (a bug): it is dead-lettered so the partition moves on."""
+
+    reason = "internal_error"
 
 
 class GuardError(GuardqError):
@@ -89,3 +100,15 @@ class InvalidInput(GuardqError):
 def is_transient(exc: BaseException) -> bool:
     """The retry predicate: only errors that declare themselves retriable are retried."""
     return isinstance(exc, GuardqError) and exc.retriable
+
+
+# Redis errors that mean "the store is unavailable right now", not "this message is bad".
+_REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError)
+
+
+def is_infrastructure(exc: BaseException) -> bool:
+    """True for failures of the services around the worker (Redis, Kafka, the network) that will pass:
+    the message is fine, so it is retried later, never dead-lettered and never committed meanwhile."""
+    if isinstance(exc, KafkaError):
+        return bool(getattr(exc, "retriable", False))
+    return isinstance(exc, _REDIS_UNAVAILABLE | OSError | TimeoutError)

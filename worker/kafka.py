@@ -9,7 +9,6 @@ Broker facts that shape these choices (tansu, and Kafka in general):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -21,6 +20,8 @@ from aiokafka.helpers import create_ssl_context
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
+
+TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
 
 
 def connection_options(settings: Settings) -> dict[str, Any]:
@@ -68,6 +69,8 @@ def make_consumer(settings: Settings, *, group_id: str | None, **overrides: Any)
         "session_timeout_ms": session_ms,
         "heartbeat_interval_ms": max(100, session_ms // 10),
         "max_poll_interval_ms": 300_000,
+        # Left unset, it would equal the session timeout: too short for a commit at revoke in a slow cluster.
+        "rebalance_timeout_ms": max(60_000, 3 * session_ms),
         "fetch_max_wait_ms": 100,
         "fetch_max_bytes": 16 * 1024 * 1024,
         "max_partition_fetch_bytes": 1024 * 1024,
@@ -82,7 +85,8 @@ def worker_topics(settings: Settings) -> list[str]:
 
 
 async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[str]:
-    """Create missing guardq topics; retry topics get the input topic's partition count. Returns created names."""
+    """Create missing guardq topics and return their names. Retry topics get the input topic's partition
+    count; the replication factor is GUARDQ_TOPIC_REPLICATION, or min(3, brokers) when it is ``auto``."""
     admin = AIOKafkaAdminClient(**connection_options(settings), request_timeout_ms=int(timeout_s * 1000))
     await admin.start()
     try:
@@ -91,17 +95,26 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[
         if settings.input_topic in existing:
             described = await admin.describe_topics([settings.input_topic])
             input_partitions = len(described[0]["partitions"]) or settings.topic_partitions
-        wanted = {settings.input_topic: settings.topic_partitions}
-        wanted |= {
-            settings.verdict_topic: settings.topic_partitions,
-            settings.dlq_topic: settings.topic_partitions,
-        }
-        wanted |= {topic: input_partitions for topic in settings.retry_topics}
-        missing = [NewTopic(name, count, 1) for name, count in wanted.items() if name not in existing]
-        if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
-                await admin.create_topics(missing)
-        return [topic.name for topic in missing]
+        wanted = dict.fromkeys(
+            [settings.input_topic, settings.verdict_topic, settings.dlq_topic], settings.topic_partitions
+        )
+        wanted |= dict.fromkeys(settings.retry_topics, input_partitions)
+        replication = settings.topic_replication or min(3, len((await admin.describe_cluster())["brokers"]))
+        missing = [
+            NewTopic(name, count, replication) for name, count in wanted.items() if name not in existing
+        ]
+        if not missing:
+            return []
+        response = await admin.create_topics(missing)
+        created = []
+        for topic, code, *message in response.topic_errors:
+            if code == TOPIC_ALREADY_EXISTS:
+                continue  # another worker won the race
+            if code != 0:
+                detail = message[0] if message and message[0] else f"error code {code}"
+                raise RuntimeError(f"could not create topic {topic}: {detail}")
+            created.append(topic)
+        return created
     finally:
         await admin.close()
 

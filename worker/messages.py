@@ -33,6 +33,8 @@ def _check_encodable(value: Any) -> None:
     except ValueError:
         # A number like 1e400 parses to infinity, which cannot be echoed as standard JSON.
         raise InvalidInput("invalid_json", "a number is out of range (overflows to infinity)") from None
+    except RecursionError:
+        raise InvalidInput("invalid_json", "nested too deeply") from None
 
 
 def decode_json_object(value: bytes | None) -> dict[str, Any]:

@@ -35,11 +35,20 @@ class PartitionOffsets:
         self._pending.discard(offset)
         while self._heap and self._heap[0] not in self._pending:
             heapq.heappop(self._heap)
+        if len(self._heap) > 2 * len(self._pending) + 1024:
+            # One slow record must not make finished offsets behind it pile up: memory stays O(pending).
+            self._heap = list(self._pending)
+            heapq.heapify(self._heap)
 
     @property
     def pending(self) -> int:
         """How many fetched offsets are not finished."""
         return len(self._pending)
+
+    @property
+    def held(self) -> int:
+        """How many offsets the tracker keeps in memory (bounded by about twice ``pending``)."""
+        return len(self._heap) + len(self._pending)
 
     def committable(self) -> int | None:
         """The offset to commit (the next one to read), or None before anything was fetched."""

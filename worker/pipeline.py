@@ -1,29 +1,35 @@
 """One message, start to finish: validate → idempotency claim → guard → store → publish, or dead-letter.
 
 ``Pipeline.handle`` returns the ``Outcome`` once the message is *done*: its verdict is in Redis and the
-verdict record acknowledged by the broker, or its dead letter acknowledged. Infrastructure errors (Redis,
-Kafka) propagate so the caller can retry the whole message later without committing it.
+verdict record acknowledged by the broker, or its dead letter acknowledged. The outcome is decided in one
+place, ``_decide``:
+
+- bad input → dead letter (reason from the parser);
+- a verdict already stored → republish it, no guard call;
+- guard verdict → store (first verdict wins) and publish;
+- a permanent guard error or exhausted retries → dead letter;
+- a fatal guard error (misconfiguration) → raised: the worker stops;
+- an infrastructure error (Redis, Kafka) → raised: the caller retries the message, uncommitted;
+- anything else (a bug) → dead letter with reason ``internal_error``, so one message cannot stop a partition.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import logging
 import time
-from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 from opentelemetry.trace import Span, SpanKind, Tracer
+from redis.exceptions import RedisError
 
 from worker import tracing
-from worker.dlq import DeadLetterEnvelope, carried_headers, format_history_entry
-from worker.errors import GuardqError, InvalidInput
+from worker.errors import GuardqError, InternalError, InvalidInput, is_infrastructure, one_line
 from worker.guard.base import GuardBackend, GuardVerdict
 from worker.limiter import ConcurrencyLimiter
-from worker.messages import ModerationRequest, Verdict, format_rfc3339, parse_request, utc_now_rfc3339
+from worker.messages import ModerationRequest, Verdict, parse_request, utc_now_rfc3339
+from worker.outbox import Outbox
 from worker.retry import GuardCallFailed, RetryPolicy
 from worker.settings import Settings
 from worker.store import ClaimState, Lease, LeaseKeeper, VerdictStore
@@ -32,6 +38,7 @@ log = logging.getLogger(__name__)
 
 LEASE_POLL_MIN_S = 0.05
 LEASE_POLL_MAX_S = 1.0
+STORE_BACKOFF_MAX_S = 5.0
 
 
 class Outcome(enum.Enum):
@@ -53,7 +60,7 @@ class Pipeline:
         leases: LeaseKeeper,
         guard: GuardBackend,
         limiter: ConcurrencyLimiter,
-        producer: AIOKafkaProducer,
+        outbox: Outbox,
         tracer: Tracer,
         retry: RetryPolicy,
     ) -> None:
@@ -62,7 +69,7 @@ class Pipeline:
         self._leases = leases
         self._guard = guard
         self._limiter = limiter
-        self._producer = producer
+        self._outbox = outbox
         self._tracer = tracer
         self._retry = retry
 
@@ -83,26 +90,41 @@ class Pipeline:
             kind=SpanKind.CONSUMER,
             attributes=attributes,
         ) as span:
-            started = time.monotonic()
-            try:
-                request = parse_request(record.value, self._settings.max_text_chars)
-            except InvalidInput as exc:
-                log.warning("dead-lettering %s/%d@%d: %s", record.topic, record.partition, record.offset, exc)
-                await self._dead_letter(record, span, exc, attempts=0)
-                return Outcome.DEAD_LETTERED
-            span.set_attribute("messaging.message.id", request.id)
-            outcome = await self._moderate(record, request, span, started)
+            outcome = await self._decide(record, span)
             span.set_attribute("guardq.outcome", outcome.value)
             return outcome
+
+    async def _decide(self, record: ConsumerRecord, span: Span) -> Outcome:
+        started = time.monotonic()
+        try:
+            request = parse_request(record.value, self._settings.max_text_chars)
+        except InvalidInput as exc:
+            log.warning("dead-lettering %s/%d@%d: %s", record.topic, record.partition, record.offset, exc)
+            await self._dead_letter(record, span, exc, attempts=0)
+            return Outcome.DEAD_LETTERED
+        span.set_attribute("messaging.message.id", request.id)
+        try:
+            return await self._moderate(record, request, span, started)
+        except GuardqError as exc:
+            if exc.fatal:
+                raise
+            error: GuardqError = exc
+        except Exception as exc:
+            if is_infrastructure(exc):
+                raise
+            log.exception("internal error on id=%s; dead-lettering it", request.id)
+            error = InternalError(one_line(f"{type(exc).__name__}: {exc}"))
+        await self._dead_letter(record, span, error, attempts=0)
+        return Outcome.DEAD_LETTERED
 
     async def _moderate(
         self, record: ConsumerRecord, request: ModerationRequest, span: Span, started: float
     ) -> Outcome:
         lease = await self._wait_for_lease(request.id)
         if isinstance(lease, bytes):
-            await self._publish(request.id, lease)
+            await self._publish(request.id, lease, span)
             return Outcome.DUPLICATE
-        held: Lease | None = lease
+        stored: bytes | None = None
         try:
             with self._leases.holding(lease):
                 try:
@@ -116,16 +138,43 @@ class Pipeline:
                     await self._dead_letter(record, span, failed.error, attempts=failed.attempts)
                     return Outcome.DEAD_LETTERED
                 document = self._verdict(request, verdict, span, attempts, started).to_json()
-                with self._tracer.start_as_current_span("redis store", kind=SpanKind.CLIENT) as store_span:
-                    store_span.set_attribute("db.system.name", "redis")
-                    await self._store.save(lease, document)
-                held = None
+                stored = await self._store_verdict(lease, document)
         finally:
-            if held is not None:  # no verdict stored: free the id for the next delivery at once
-                await asyncio.shield(self._store.release(held))
-        await self._publish(request.id, document)
+            if stored is None:  # no verdict stored: free the id for the next delivery at once
+                await self._release_quietly(lease)
+        await self._publish(request.id, stored, span)
         log.debug("verdict id=%s label=%s attempts=%d", request.id, verdict.label, attempts)
         return Outcome.MODERATED
+
+    async def _store_verdict(self, lease: Lease, document: bytes) -> bytes:
+        """Store the verdict, waiting out a Redis outage here rather than calling the guard again.
+        Returns what is stored: ours, or the verdict of a worker that took over a lost lease first."""
+        backoff_s = 0.2
+        with self._tracer.start_as_current_span("redis store", kind=SpanKind.CLIENT) as span:
+            span.set_attribute("db.system.name", "redis")
+            while True:
+                try:
+                    return await self._store.save(lease, document)
+                except Exception as exc:
+                    if not is_infrastructure(exc):
+                        raise
+                    log.warning(
+                        "storing verdict of id=%s failed (%s); retrying in %.1f s",
+                        lease.message_id,
+                        exc,
+                        backoff_s,
+                    )
+                    await asyncio.sleep(backoff_s)
+                    backoff_s = min(backoff_s * 2, STORE_BACKOFF_MAX_S)
+
+    async def _release_quietly(self, lease: Lease) -> None:
+        """Drop a lease; if Redis is down it expires by itself, and a cancellation must stay one."""
+        try:
+            await asyncio.shield(self._store.release(lease))
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "could not release the lease of id=%s (%s); it expires by itself", lease.message_id, exc
+            )
 
     async def _wait_for_lease(self, message_id: str) -> Lease | bytes:
         """Take the in-flight lease, or return the stored verdict. Waits while another delivery holds it."""
@@ -164,44 +213,11 @@ class Pipeline:
             metadata=request.metadata,
         )
 
-    async def _publish(self, message_id: str, document: bytes) -> None:
-        """Publish a verdict; its traceparent header carries the trace id written in the document."""
-        trace_id = json.loads(document)["trace_id"]
-        with self._tracer.start_as_current_span(
-            f"{self._settings.verdict_topic} publish",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.destination.name": self._settings.verdict_topic,
-            },
-        ) as span:
-            headers = [(tracing.TRACEPARENT, tracing.traceparent(trace_id, span).encode("ascii"))]
-            await self._producer.send_and_wait(
-                self._settings.verdict_topic, document, key=message_id.encode("utf-8"), headers=headers
-            )
+    async def _publish(self, message_id: str, document: bytes, span: Span) -> None:
+        await self._outbox.publish_verdict(message_id, document, tracing.trace_id_hex(span))
 
     async def _dead_letter(
         self, record: ConsumerRecord, span: Span, error: GuardqError, *, attempts: int
     ) -> None:
-        headers = list(record.headers or ())
-        envelope = DeadLetterEnvelope.for_failure(
-            record_topic=record.topic,
-            record_partition=record.partition,
-            record_offset=record.offset,
-            record_timestamp=format_rfc3339(datetime.fromtimestamp(max(record.timestamp, 0) / 1000, UTC)),
-            incoming=headers,
-            error=error,
-            attempts=attempts,
-            now=utc_now_rfc3339(),
-            traceparent=tracing.traceparent_of(span),
-        ).with_attempt(format_history_entry(error, attempts, record.topic))
-        span.set_attribute("guardq.error.reason", envelope.error_reason)
-        with self._tracer.start_as_current_span(
-            f"{self._settings.dlq_topic} publish", kind=SpanKind.PRODUCER
-        ):
-            await self._producer.send_and_wait(
-                self._settings.dlq_topic,
-                record.value,
-                key=record.key,
-                headers=carried_headers(headers) + envelope.to_headers(),
-            )
+        reason = await self._outbox.dead_letter(record, span, error, attempts=attempts)
+        span.set_attribute("guardq.error.reason", reason)

@@ -46,6 +46,12 @@ def _port(raw: str) -> int:
     return value
 
 
+def _replication(raw: str) -> int | None:
+    if raw.strip().lower() == "auto":
+        return None  # min(3, brokers in the cluster)
+    return _positive_int(raw)
+
+
 def _text(raw: str) -> str:
     if not raw.strip():
         raise ValueError("must not be empty")
@@ -154,6 +160,7 @@ SPECS: tuple[Spec, ...] = (
         "max_text_chars", "GUARDQ_MAX_TEXT_CHARS", "100000", _positive_int, "longer texts are dead-lettered"
     ),
     Spec("topic_partitions", "GUARDQ_TOPIC_PARTITIONS", "8", _positive_int, "partitions of created topics"),
+    Spec("topic_replication", "GUARDQ_TOPIC_REPLICATION", "auto", _replication, "replicas of created topics"),
     Spec("verdict_ttl_s", "GUARDQ_VERDICT_TTL_S", "604800", _positive_int, "verdict TTL (dedup window)"),
     Spec("shutdown_timeout_s", "GUARDQ_SHUTDOWN_TIMEOUT_S", "20", _positive_float, "graceful drain deadline"),
     Spec("retry_schedule", "GUARDQ_RETRY_SCHEDULE", "10s,1m,10m", _retry_schedule, "delayed retry topics"),
@@ -198,6 +205,7 @@ class Settings:
     concurrency: int
     max_text_chars: int
     topic_partitions: int
+    topic_replication: int | None
     verdict_ttl_s: int
     shutdown_timeout_s: float
     retry_schedule: tuple[str, ...]

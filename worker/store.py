@@ -28,11 +28,14 @@ if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, ''} 
 return {3, tostring(redis.call('PTTL', KEYS[2]))}
 """
 
-# Store the verdict and drop our lease together, so no reader sees neither.
+# Store the verdict and drop our lease together, so no reader sees neither. The first verdict wins:
+# if another worker took over a lease we lost and stored first, its verdict is returned instead.
 _SAVE = """
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
-return 1
+local existing = redis.call('GET', KEYS[1])
+if existing then return existing end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
 """
 
 _RENEW = """
@@ -111,10 +114,14 @@ class VerdictStore:
             return Claim(ClaimState.ACQUIRED), Lease(message_id, token)
         return Claim(ClaimState.BUSY, lease_ttl_ms=max(0, int(payload))), None
 
-    async def save(self, lease: Lease, verdict_json: bytes) -> None:
-        """Store the verdict with its TTL and release the lease."""
+    async def save(self, lease: Lease, verdict_json: bytes) -> bytes:
+        """Store the verdict with its TTL and release the lease; returns the verdict that is stored
+        (``verdict_json``, or one stored first by a worker that took over a lost lease)."""
         keys = [self.verdict_key(lease.message_id), self.lease_key(lease.message_id)]
-        await self._save(keys=keys, args=[verdict_json, self._verdict_ttl_s, lease.token])
+        existing = await self._save(keys=keys, args=[verdict_json, self._verdict_ttl_s, lease.token])
+        if existing is None:
+            return verdict_json
+        return existing if isinstance(existing, bytes) else str(existing).encode()
 
     async def renew(self, lease: Lease) -> bool:
         """Extend the lease; False when it was lost (expired and taken over)."""

@@ -27,7 +27,10 @@ class _HeaderGetter(Getter[Sequence[tuple[str, bytes]]]):
     """Reads W3C trace context from Kafka record headers (a list of name, bytes pairs)."""
 
     def get(self, carrier: Sequence[tuple[str, bytes]], key: str) -> list[str] | None:
-        values = [v.decode("ascii", errors="replace") for k, v in carrier if k.lower() == key]
+        # A header may have no value at all (None): such a header carries no context.
+        values = [
+            v.decode("ascii", errors="replace") for k, v in carrier if k.lower() == key and v is not None
+        ]
         return values or None
 
     def keys(self, carrier: Sequence[tuple[str, bytes]]) -> list[str]:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Final, Self
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from opentelemetry.propagate import inject
@@ -43,6 +44,13 @@ def build_messages(request: GuardRequest) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
 
 
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 class Qwen3GuardBackend:
     """Moderates through Qwen3Guard-Gen behind an OpenAI-compatible server, over one pooled session."""
 
@@ -52,6 +60,8 @@ class Qwen3GuardBackend:
         if not timeout_s > 0:
             raise ValueError("timeout_s must be positive")
         self._base_url = base_url.rstrip("/")
+        # For messages and logs: no user:password@ and no query string, where credentials may hide.
+        self._shown_url = _without_credentials(self._base_url)
         self._model = model
         # The key is kept only to build the header and to scrub it from server-echoed messages.
         self._api_key = api_key or None
@@ -62,7 +72,7 @@ class Qwen3GuardBackend:
     def __repr__(self) -> str:
         key = "'***'" if self._api_key else "None"
         return (
-            f"Qwen3GuardBackend(base_url={self._base_url!r}, model={self._model!r}, api_key={key}, "
+            f"Qwen3GuardBackend(base_url={self._shown_url!r}, model={self._model!r}, api_key={key}, "
             f"timeout_s={self._timeout_s}, pool_size={self._pool_size})"
         )
 
@@ -129,12 +139,12 @@ class Qwen3GuardBackend:
         served = model_ids(body)
         if served is None:
             raise GuardConfigError(
-                f"{self._base_url}/models is not an OpenAI model list: {error_message(body)}", status=status
+                f"{self._shown_url}/models is not an OpenAI model list: {error_message(body)}", status=status
             )
         if self._model not in served:
             listed = one_line(", ".join(served) or "(none)", 200)
             raise GuardConfigError(
-                f"guard model {self._model!r} is not served at {self._base_url}; served: {listed}",
+                f"guard model {self._model!r} is not served at {self._shown_url}; served: {listed}",
                 status=status,
             )
 
@@ -157,7 +167,9 @@ class Qwen3GuardBackend:
                 return resp.status, resp.headers, await resp.read()
         except TimeoutError as exc:
             # Caught before ClientError: aiohttp's connect/read timeouts subclass both.
-            raise GuardTimeout(f"guard call timed out after {self._timeout_s:g}s: {method} {url}") from exc
+            raise GuardTimeout(
+                f"guard call timed out after {self._timeout_s:g}s: {method} {self._shown_url}{path}"
+            ) from exc
         except aiohttp.InvalidURL as exc:
             raise GuardConfigError(f"guard URL is invalid: {one_line(str(exc))}") from exc
         except aiohttp.ClientError as exc:

@@ -1,0 +1,95 @@
+"""What the worker writes to Kafka: verdict records and dead letters, each acknowledged (acks=all)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.structs import ConsumerRecord
+from opentelemetry.trace import Span, SpanKind, Tracer
+
+from worker import tracing
+from worker.dlq import DeadLetterEnvelope, carried_headers, format_history_entry
+from worker.errors import GuardqError
+from worker.messages import format_rfc3339, utc_now_rfc3339
+
+log = logging.getLogger(__name__)
+
+# A dead letter the broker refuses as too large keeps this much of the value (see ``dead_letter``).
+TRUNCATED_VALUE_BYTES = 256 * 1024
+H_VALUE_TRUNCATED_FROM = "guardq.value_truncated_from"
+
+
+def record_time(timestamp_ms: object) -> str:
+    """The record's timestamp as RFC 3339 UTC; the time of reading when it has none or a nonsense one."""
+    try:
+        return format_rfc3339(datetime.fromtimestamp(int(timestamp_ms) / 1000, UTC))  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return utc_now_rfc3339()
+
+
+class Outbox:
+    """Publishes verdicts to the verdict topic and dead letters to the DLQ topic."""
+
+    def __init__(
+        self, producer: AIOKafkaProducer, tracer: Tracer, *, verdict_topic: str, dlq_topic: str
+    ) -> None:
+        self._producer = producer
+        self._tracer = tracer
+        self._verdict_topic = verdict_topic
+        self._dlq_topic = dlq_topic
+
+    async def publish_verdict(self, message_id: str, document: bytes, fallback_trace_id: str) -> None:
+        """Publish a verdict; its traceparent header carries the trace id written in the document."""
+        try:
+            trace_id = str(json.loads(document).get("trace_id") or fallback_trace_id)
+        except (ValueError, AttributeError):
+            trace_id = fallback_trace_id
+        with self._tracer.start_as_current_span(
+            f"{self._verdict_topic} publish",
+            kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "kafka", "messaging.destination.name": self._verdict_topic},
+        ) as span:
+            headers = [(tracing.TRACEPARENT, tracing.traceparent(trace_id, span).encode("ascii"))]
+            await self._producer.send_and_wait(
+                self._verdict_topic, document, key=message_id.encode("utf-8"), headers=headers
+            )
+
+    async def dead_letter(
+        self, record: ConsumerRecord, span: Span, error: GuardqError, *, attempts: int
+    ) -> str:
+        """Send the record, bytes unchanged, to the DLQ with the failure in headers. Returns the reason."""
+        incoming = list(record.headers or ())
+        envelope = DeadLetterEnvelope.for_failure(
+            record_topic=record.topic,
+            record_partition=record.partition,
+            record_offset=record.offset,
+            record_timestamp=record_time(record.timestamp),
+            incoming=incoming,
+            error=error,
+            attempts=attempts,
+            now=utc_now_rfc3339(),
+            traceparent=tracing.traceparent_of(span),
+        ).with_attempt(format_history_entry(error, attempts, record.topic))
+        headers = carried_headers(incoming) + envelope.to_headers()
+        with self._tracer.start_as_current_span(f"{self._dlq_topic} publish", kind=SpanKind.PRODUCER):
+            try:
+                await self._producer.send_and_wait(
+                    self._dlq_topic, record.value, key=record.key, headers=headers
+                )
+            except MessageSizeTooLargeError:
+                # The broker takes the original but not the original plus headers. Keep a bounded prefix;
+                # the headers name the input coordinates where the whole value still is.
+                size = len(record.value or b"")
+                log.warning(
+                    "dead letter of %d bytes refused as too large; keeping its first %d",
+                    size,
+                    TRUNCATED_VALUE_BYTES,
+                )
+                headers.append((H_VALUE_TRUNCATED_FROM, str(size).encode()))
+                value = (record.value or b"")[:TRUNCATED_VALUE_BYTES]
+                await self._producer.send_and_wait(self._dlq_topic, value, key=record.key, headers=headers)
+        return envelope.error_reason
