@@ -338,3 +338,11 @@ def test_metadata_over_64_kib_is_too_large_so_verdicts_stay_small() -> None:
 def test_metadata_just_under_64_kib_is_echoed() -> None:
     request = parse_request(_raw({"id": "a", "text": "t", "metadata": {"blob": "x" * 60_000}}), LIMIT)
     assert len(request.metadata["blob"]) == 60_000
+
+
+def test_nesting_that_parses_but_cannot_be_encoded_again_is_invalid_json() -> None:
+    for depth in (990, 995, 1000, 5000):
+        raw = b'{"id": "a", "text": "t", "metadata": {"x": ' + b"[" * depth + b"]" * depth + b"}}"
+        with pytest.raises(InvalidInput) as caught:
+            parse_request(raw, LIMIT)
+        assert caught.value.reason in {"invalid_json"}, depth

@@ -10,7 +10,7 @@ attributes (``retriable``, ``fatal``, ``reason``) instead of parsing messages.
 
 from __future__ import annotations
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -102,13 +102,15 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, GuardqError) and exc.retriable
 
 
-# Redis errors that mean "the store is unavailable right now", not "this message is bad".
-_REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError)
+# Errors that mean "a service is unavailable right now", not "this message is bad".
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError, OSError, TimeoutError)
 
 
 def is_infrastructure(exc: BaseException) -> bool:
     """True for failures of the services around the worker (Redis, Kafka, the network) that will pass:
     the message is fine, so it is retried later, never dead-lettered and never committed meanwhile."""
+    if isinstance(exc, KafkaTimeoutError):
+        return True  # a send or request that timed out (broker unreachable); aiokafka marks it non-retriable
     if isinstance(exc, KafkaError):
         return bool(getattr(exc, "retriable", False))
-    return isinstance(exc, _REDIS_UNAVAILABLE | OSError | TimeoutError)
+    return isinstance(exc, _UNAVAILABLE)

@@ -1,0 +1,36 @@
+"""Trace context and timestamps read from odd records never crash the worker."""
+
+from __future__ import annotations
+
+from opentelemetry import trace
+
+from worker import tracing
+from worker.outbox import record_time
+
+
+def test_traceparent_header_without_value_carries_no_context() -> None:
+    context = tracing.extract([("traceparent", None), ("other", b"x")])  # type: ignore[list-item]
+    assert not trace.get_current_span(context).get_span_context().is_valid
+
+
+def test_valid_traceparent_header_is_continued() -> None:
+    context = tracing.extract([("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")])
+    assert format(trace.get_current_span(context).get_span_context().trace_id, "032x") == (
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    )
+
+
+def test_malformed_traceparent_header_carries_no_context() -> None:
+    for raw in (b"garbage", b"00-zz-yy-01", b"\xff\xfe"):
+        context = tracing.extract([("traceparent", raw)])
+        assert not trace.get_current_span(context).get_span_context().is_valid
+
+
+def test_record_time_formats_milliseconds_as_rfc3339() -> None:
+    assert record_time(1_700_000_000_123) == "2023-11-14T22:13:20.123Z"
+
+
+def test_record_time_without_or_with_nonsense_timestamp_falls_back_to_now() -> None:
+    for odd in (None, -1, 10**20, "x"):
+        assert record_time(odd).endswith("Z")
+    assert record_time(None)[:2] == "20"
