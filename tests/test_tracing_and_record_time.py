@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from opentelemetry import trace
 
 from worker import tracing
@@ -34,3 +35,33 @@ def test_record_time_without_or_with_nonsense_timestamp_falls_back_to_now() -> N
     for odd in (None, -1, 10**20, "x"):
         assert record_time(odd).endswith("Z")
     assert record_time(None)[:2] == "20"
+
+
+def test_without_an_exporter_new_traces_get_ids_but_are_not_recorded() -> None:
+    tracer = tracing.get_tracer(tracing.build_provider({}))
+    with tracer.start_as_current_span("moderation.requests process") as span:
+        assert span.get_span_context().is_valid
+        assert not span.is_recording()
+        assert len(tracing.trace_id_hex(span)) == 32
+
+
+def test_without_an_exporter_a_trace_sampled_upstream_is_still_recorded_and_sampled() -> None:
+    tracer = tracing.get_tracer(tracing.build_provider({}))
+    parent = tracing.extract([("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")])
+    with tracer.start_as_current_span("moderation.requests process", context=parent) as span:
+        assert span.is_recording()
+        assert tracing.traceparent_of(span).endswith("-01")
+
+
+def test_with_the_console_exporter_every_trace_is_recorded() -> None:
+    provider = tracing.build_provider({"OTEL_TRACES_EXPORTER": "console"})
+    try:
+        with tracing.get_tracer(provider).start_as_current_span("moderation.requests process") as span:
+            assert span.is_recording()
+    finally:
+        provider.shutdown()  # flush while pytest still owns stdout
+
+
+def test_unknown_exporter_name_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="OTEL_TRACES_EXPORTER='zipkin'"):
+        tracing.build_provider({"OTEL_TRACES_EXPORTER": "zipkin"})

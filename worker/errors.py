@@ -103,7 +103,14 @@ def is_transient(exc: BaseException) -> bool:
 
 
 # Errors that mean "a service is unavailable right now", not "this message is bad".
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError, OSError, TimeoutError)
+_UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    OutOfMemoryError,
+    OSError,
+    TimeoutError,
+)
 
 
 def is_infrastructure(exc: BaseException) -> bool:

@@ -16,6 +16,7 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import Span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -65,10 +66,14 @@ def build_provider(env: Mapping[str, str] | None = None) -> TracerProvider:
     """A tracer provider for guardq, exporting as the standard OTEL_* variables say (off by default)."""
     env = os.environ if env is None else env
     resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "guardq")})
-    provider = TracerProvider(resource=resource)
     exporter = _exporter_from_env(env)
-    if exporter is not None:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+    if exporter is None:
+        # Nothing exports, so a trace nobody upstream sampled is not recorded: its spans still get ids
+        # (the trace id reaches verdicts, headers and logs) but cost almost nothing. A trace sampled
+        # upstream is still recorded and marked sampled, so downstream services keep it whole.
+        return TracerProvider(resource=resource, sampler=ParentBased(root=ALWAYS_OFF))
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
 
 
