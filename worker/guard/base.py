@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal, Protocol, Self
 
 if TYPE_CHECKING:
     from worker.settings import Settings
@@ -42,6 +43,25 @@ class GuardVerdict:
     categories: tuple[str, ...]
     refusal: bool | None
     model: str
+
+
+class AsyncLifecycle:
+    """``async with backend:`` runs ``start()`` then ``stop()``; backends inherit it."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
 
 
 class GuardBackend(Protocol):

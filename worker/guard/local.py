@@ -11,11 +11,10 @@ import asyncio
 import contextlib
 import importlib.metadata
 from collections.abc import Callable, Sequence
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 from worker.errors import GuardBadReply, GuardUnavailable
-from worker.guard.base import GuardRequest, GuardVerdict
+from worker.guard.base import AsyncLifecycle, GuardRequest, GuardVerdict
 
 __all__ = ["CATEGORY", "LocalBackend"]
 
@@ -43,7 +42,7 @@ def _package_version() -> str:
         return "unknown"
 
 
-class LocalBackend:
+class LocalBackend(AsyncLifecycle):
     """Offline offensive-language guard; concurrent ``moderate`` calls are batched into one predict call.
 
     ``batches_run`` counts predict calls, so callers and tests can see the batching work.
@@ -114,15 +113,6 @@ class LocalBackend:
         if task.cancelled() or task.exception() is None:
             return
         self._fail_waiting(f"local guard batcher crashed: {task.exception()!r}")
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def check(self) -> None:
         """Nothing to check: the classifier ships inside the installed wheel."""

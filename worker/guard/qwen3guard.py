@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from opentelemetry.propagate import inject
 
 from worker.errors import GuardBadReply, GuardConfigError, GuardError, GuardTimeout, GuardUnavailable
-from worker.guard.base import GuardRequest, GuardVerdict
+from worker.guard.base import AsyncLifecycle, GuardRequest, GuardVerdict
 from worker.guard.qwen3guard_parse import (
     error_for_status,
     error_message,
@@ -51,7 +50,7 @@ def _without_credentials(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-class Qwen3GuardBackend:
+class Qwen3GuardBackend(AsyncLifecycle):
     """Moderates through Qwen3Guard-Gen behind an OpenAI-compatible server, over one pooled session."""
 
     def __init__(self, *, base_url: str, model: str, api_key: str | None, timeout_s: float, pool_size: int):
@@ -96,15 +95,6 @@ class Qwen3GuardBackend:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def moderate(self, request: GuardRequest) -> GuardVerdict:
         """Moderate one prompt or response; raises a ``GuardError`` subclass on failure."""
