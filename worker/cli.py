@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from worker.settings import SPECS, Settings, SettingsError, add_flags, overrides_from
@@ -158,6 +159,48 @@ def cmd_topics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dlq(args: argparse.Namespace) -> int:
+    """List or show dead letters (read-only)."""
+    import json
+
+    from worker import deadletters
+
+    settings = _settings(args)
+    letters = asyncio.run(deadletters.read_all(settings))
+    if args.action == "show":
+        found = deadletters.find(letters, args.target)
+        if not found:
+            raise UsageError(f"no dead letter at {args.target!r} (give PARTITION:OFFSET or a message id)")
+        for letter in found:
+            print(json.dumps(deadletters.as_json(letter), ensure_ascii=False, indent=2))
+        return 0
+    chosen = deadletters.select(letters, reason=args.reason, since=args.since, until=args.until)
+    if args.json:
+        for letter in chosen:
+            print(json.dumps(deadletters.as_json(letter), ensure_ascii=False))
+    else:
+        print(deadletters.table(chosen))
+    return 0
+
+
+def _time(raw: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{raw!r} is not an RFC 3339 time like 2026-11-23T13:00:00Z"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _reason(raw: str) -> str:
+    from worker.dlq import REASONS
+
+    if raw not in REASONS:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a reason; one of: {', '.join(REASONS)}")
+    return raw
+
+
 # -- stack / demo / guard-sim -----------------------------------------------------------------------
 
 
@@ -236,6 +279,18 @@ def build_parser() -> argparse.ArgumentParser:
     topics = _command(sub, "topics", cmd_topics, "manage guardq's topics")
     topics.add_argument("action", choices=["create"], help="create the input, verdict, DLQ and retry topics")
     add_flags(topics, only=CONNECTION_FIELDS | {"topic_partitions", "topic_replication", "retry_schedule"})
+
+    dlq = _command(sub, "dlq", cmd_dlq, "inspect the dead-letter topic (read-only)")
+    dlq_sub = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dlq_list = dlq_sub.add_parser("list", help="dead letters as a table (or JSON lines)")
+    dlq_list.add_argument("--reason", type=_reason, default=None, help="only this reason")
+    dlq_list.add_argument("--since", type=_time, default=None, help="first failed at or after (RFC 3339)")
+    dlq_list.add_argument("--until", type=_time, default=None, help="first failed before (RFC 3339)")
+    dlq_list.add_argument("--json", action="store_true", help="one JSON object a line")
+    dlq_show = dlq_sub.add_parser("show", help="one dead letter with its headers decoded")
+    dlq_show.add_argument("target", metavar="PARTITION:OFFSET|ID")
+    for dlq_parser in (dlq_list, dlq_show):
+        add_flags(dlq_parser, only=CONNECTION_FIELDS)
 
     stack = _command(sub, "stack", cmd_stack, "start/stop a local broker + Redis in the background")
     stack.add_argument("action", choices=["up", "down", "status"])

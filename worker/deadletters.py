@@ -1,0 +1,178 @@
+"""Reading the dead-letter topic for operators: `guardq dlq list` and `guardq dlq show`.
+
+The DLQ is read from the beginning up to each partition's highwater mark as learnt from a fetch (end
+offsets are unreliable on some brokers), so a listing ends by itself at the end of the topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from worker import kafka
+from worker.dlq import DeadLetterEnvelope
+from worker.settings import Settings
+from worker.tail import assign_all
+
+READ_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One record of the DLQ with its decoded envelope (None when its headers are not guardq's)."""
+
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    envelope: DeadLetterEnvelope | None
+    problem: str | None = None
+
+    @property
+    def message_id(self) -> str:
+        """The input's id when the value is a JSON object with a string id, else the key as text."""
+        try:
+            document = json.loads(self.value or b"")
+            if isinstance(document, dict) and isinstance(document.get("id"), str):
+                return str(document["id"])
+        except (ValueError, RecursionError):
+            pass
+        return (self.key or b"").decode("utf-8", errors="replace")
+
+    @property
+    def coordinates(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+
+def _decode(record: ConsumerRecord) -> DeadLetter:
+    try:
+        envelope, problem = DeadLetterEnvelope.from_headers(record.headers or ()), None
+    except (ValueError, UnicodeDecodeError) as exc:
+        envelope, problem = None, str(exc)
+    return DeadLetter(
+        record.partition, record.offset, record.timestamp, record.key, record.value, envelope, problem
+    )
+
+
+async def _read_to_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> list[ConsumerRecord]:
+    found: list[ConsumerRecord] = []
+    await consumer.seek_to_beginning(*tps)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READ_TIMEOUT_S
+    while loop.time() < deadline:
+        batches = await consumer.getmany(*tps, timeout_ms=200, max_records=1000)
+        for batch in batches.values():
+            found.extend(batch)
+        if await _at_end(consumer, tps):
+            return found
+    raise TimeoutError(f"the dead-letter topic was not read to its end within {READ_TIMEOUT_S:.0f} s")
+
+
+async def _at_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:
+    for tp in tps:
+        mark = consumer.highwater(tp)
+        if mark is None or await consumer.position(tp) < mark:
+            return False
+    return True
+
+
+async def read_all(settings: Settings) -> list[DeadLetter]:
+    """Every dead letter, oldest first per partition."""
+    consumer = kafka.make_consumer(settings, group_id=None)
+    try:
+        await consumer.start()
+        tps = await assign_all(consumer, settings.dlq_topic)
+        return [_decode(record) for record in await _read_to_end(consumer, tps)]
+    finally:
+        await consumer.stop()
+
+
+def _parse_time(raw: str) -> datetime:
+    return datetime.fromisoformat(raw.replace("Z", "+00:00"))
+
+
+def select(
+    letters: Iterable[DeadLetter], *, reason: str | None, since: datetime | None, until: datetime | None
+) -> list[DeadLetter]:
+    """The dead letters matching every given filter; times compare with when the message first failed."""
+    chosen = []
+    for letter in letters:
+        envelope = letter.envelope
+        if reason is not None and (envelope is None or envelope.error_reason != reason):
+            continue
+        if since is not None or until is not None:
+            if envelope is None:
+                continue
+            failed_at = _parse_time(envelope.first_failed_at)
+            if (since is not None and failed_at < since) or (until is not None and failed_at >= until):
+                continue
+        chosen.append(letter)
+    return chosen
+
+
+def table(letters: list[DeadLetter]) -> str:
+    """A readable table, one dead letter a line."""
+    header = f"{'AT':<10} {'ID':<28} {'REASON':<18} {'TRIES':>5}  {'FIRST FAILED':<24} ERROR"
+    lines = [header]
+    for letter in letters:
+        env = letter.envelope
+        reason = env.error_reason if env else "(not guardq's)"
+        tries = str(env.attempts) if env else "-"
+        failed = env.first_failed_at if env else "-"
+        error = (env.error_message if env else letter.problem or "")[:60]
+        lines.append(
+            f"{letter.coordinates:<10} {letter.message_id[:28]:<28} {reason:<18} {tries:>5}  {failed:<24} {error}"
+        )
+    lines.append(f"{len(letters)} dead letter(s)")
+    return "\n".join(lines)
+
+
+def as_json(letter: DeadLetter) -> dict[str, object]:
+    """A dead letter as a JSON-ready object: coordinates, id, key, value and the decoded envelope."""
+    entry: dict[str, object] = {
+        "partition": letter.partition,
+        "offset": letter.offset,
+        "id": letter.message_id,
+    }
+    for name, raw in (("key", letter.key), ("value", letter.value)):
+        try:
+            entry[name] = None if raw is None else raw.decode("utf-8")
+        except UnicodeDecodeError:
+            entry[name + "_b64"] = base64.b64encode(raw or b"").decode("ascii")
+    if letter.envelope is not None:
+        envelope = letter.envelope
+        entry["envelope"] = {
+            "original": {
+                "topic": envelope.original_topic,
+                "partition": envelope.original_partition,
+                "offset": envelope.original_offset,
+                "timestamp": envelope.original_timestamp,
+            },
+            "reason": envelope.error_reason,
+            "error_class": envelope.error_class,
+            "error_message": envelope.error_message,
+            "attempts": envelope.attempts,
+            "first_failed_at": envelope.first_failed_at,
+            "replay_count": envelope.replay_count,
+            "traceparent": envelope.traceparent,
+            "history": list(envelope.history),
+        }
+    else:
+        entry["problem"] = letter.problem
+    return entry
+
+
+def find(letters: Iterable[DeadLetter], wanted: str) -> list[DeadLetter]:
+    """Dead letters at ``partition:offset``, or whose message id is ``wanted``."""
+    partition, sep, offset = wanted.partition(":")
+    if sep and partition.isdigit() and offset.isdigit():
+        return [x for x in letters if x.partition == int(partition) and x.offset == int(offset)]
+    return [x for x in letters if x.message_id == wanted]
