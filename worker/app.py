@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry.sdk.trace import TracerProvider
 
 from worker import kafka, tracing
+from worker.breaker import CircuitBreaker
 from worker.consumer import FetchLoop
 from worker.errors import GuardError
 from worker.guard.base import GuardBackend, build_backend
@@ -37,6 +40,7 @@ class Worker:
     tracer_provider: TracerProvider | None = None
     guard: GuardBackend | None = None
     limiter: ConcurrencyLimiter = field(init=False)
+    breaker: CircuitBreaker = field(init=False, default_factory=CircuitBreaker)
     fetch_loop: FetchLoop | None = field(init=False, default=None)
     ready: asyncio.Event = field(init=False, default_factory=asyncio.Event)
 
@@ -67,12 +71,14 @@ class Worker:
                 lease_ttl_s=settings.lease_ttl_s,
             )
             leases = LeaseKeeper(store)
+            breaker = self.breaker
             pipeline = Pipeline(
                 settings,
                 store=store,
                 leases=leases,
                 guard=guard,
                 limiter=self.limiter,
+                breaker=breaker,
                 outbox=Outbox(
                     producer, tracer, verdict_topic=settings.verdict_topic, dlq_topic=settings.dlq_topic
                 ),
@@ -88,12 +94,13 @@ class Worker:
                 max_buffered=settings.max_buffered,
                 max_buffered_bytes=settings.max_buffered_mb * 1024 * 1024,
                 commit_interval_s=settings.commit_interval_s,
+                hold=lambda: breaker.is_open,
             )
             consumer.subscribe([settings.input_topic], listener=loop)
             await consumer.start()
             stack.push_async_callback(consumer.stop)
             self.fetch_loop = loop
-            await self._serve(loop, leases, stop)
+            await self._serve(loop, leases, stop, prober=breaker.run_prober(guard.check))
 
     async def _check_guard(self, guard: GuardBackend) -> None:
         """Refuse to start on a misconfigured guard; only warn when it is merely down (it may come back)."""
@@ -104,7 +111,9 @@ class Worker:
                 raise
             log.warning("guard not reachable at start-up (%s); starting anyway", exc)
 
-    async def _serve(self, loop: FetchLoop, leases: LeaseKeeper, stop: asyncio.Event) -> None:
+    async def _serve(
+        self, loop: FetchLoop, leases: LeaseKeeper, stop: asyncio.Event, *, prober: Coroutine[Any, Any, None]
+    ) -> None:
         """Run the fetch loop and its helpers; any of them ending (a crash) or ``stop`` begins the drain."""
         log.info("worker started: topic=%s group=%s", self.settings.input_topic, self.settings.group_id)
         self.ready.set()
@@ -112,6 +121,7 @@ class Worker:
             asyncio.create_task(loop.run(), name="fetch-loop"),
             asyncio.create_task(loop.commit_periodically(), name="commit-loop"),
             asyncio.create_task(leases.run(), name="lease-keeper"),
+            asyncio.create_task(prober, name="guard-prober"),
         ]
         stopping = asyncio.create_task(stop.wait(), name="stop-signal")
         try:
@@ -119,7 +129,7 @@ class Worker:
         finally:
             loop.stop_fetching()
             stopping.cancel()
-            fetching, committing, renewing = supervised
+            fetching, committing, renewing, probing = supervised
             # getmany returns within 100 ms, except while a rebalance is under way: bound the wait.
             await asyncio.wait({fetching}, timeout=FETCH_STOP_S)
             fetching.cancel()
@@ -127,8 +137,10 @@ class Worker:
             committing.cancel()
             await asyncio.gather(fetching, committing, return_exceptions=True)
             cut_off = await loop.drain(self.settings.shutdown_timeout_s)
-            renewing.cancel()  # only now: in-flight records held leases until the drain ended
-            await asyncio.gather(renewing, return_exceptions=True)
+            # Only now: in-flight records held leases and waited on the circuit until the drain ended.
+            renewing.cancel()
+            probing.cancel()
+            await asyncio.gather(renewing, probing, return_exceptions=True)
             self.ready.clear()
             log.info("worker stopped: %d record(s) cut off at the deadline (left uncommitted)", cut_off)
         for task in supervised:

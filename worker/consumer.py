@@ -60,12 +60,14 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         max_buffered: int,
         max_buffered_bytes: int,
         commit_interval_s: float,
+        hold: Callable[[], bool] | None = None,
     ) -> None:
         self._consumer = consumer
         self._handler = handler
         self._max_buffered = max_buffered
         self._max_bytes = max_buffered_bytes
         self._commit_interval_s = commit_interval_s
+        self._hold = hold or (lambda: False)
         self._parts: dict[TopicPartition, _Partition] = {}
         self._buffered = 0
         self._buffered_bytes = 0
@@ -191,9 +193,15 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         self._apply_backpressure()
 
     def _apply_backpressure(self) -> None:
-        """Pause every assigned partition while too much is buffered; resume below half of the limits."""
-        over = self._buffered >= self._max_buffered or self._buffered_bytes >= self._max_bytes
-        under = self._buffered <= self._max_buffered // 2 and self._buffered_bytes <= self._max_bytes // 2
+        """Pause every assigned partition while too much is buffered (or ``hold()`` is true); resume below
+        half of the limits."""
+        held = self._hold()  # the guard's circuit is open: fetch nothing until it closes
+        over = held or self._buffered >= self._max_buffered or self._buffered_bytes >= self._max_bytes
+        under = (
+            not held
+            and self._buffered <= self._max_buffered // 2
+            and self._buffered_bytes <= self._max_bytes // 2
+        )
         # Only what the consumer really holds: pausing an unassigned partition raises.
         assigned = [tp for tp in self._parts if tp in self._consumer.assignment()]
         if over and not self._paused:

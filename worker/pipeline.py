@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 
@@ -25,7 +26,8 @@ from opentelemetry.trace import Span, SpanKind, Tracer
 from redis.exceptions import RedisError
 
 from worker import tracing
-from worker.errors import GuardqError, InternalError, InvalidInput, is_infrastructure, one_line
+from worker.breaker import CircuitBreaker
+from worker.errors import GuardError, GuardqError, InternalError, InvalidInput, is_infrastructure, one_line
 from worker.guard.base import GuardBackend, GuardVerdict
 from worker.limiter import ConcurrencyLimiter
 from worker.messages import ModerationRequest, Verdict, parse_request, utc_now_rfc3339
@@ -61,6 +63,7 @@ class Pipeline:
         guard: GuardBackend,
         limiter: ConcurrencyLimiter,
         outbox: Outbox,
+        breaker: CircuitBreaker,
         tracer: Tracer,
         retry: RetryPolicy,
     ) -> None:
@@ -70,6 +73,7 @@ class Pipeline:
         self._guard = guard
         self._limiter = limiter
         self._outbox = outbox
+        self._breaker = breaker
         self._tracer = tracer
         self._retry = retry
 
@@ -128,7 +132,7 @@ class Pipeline:
         try:
             with self._leases.holding(lease):
                 try:
-                    verdict, attempts = await self._retry.call(lambda n: self._call_guard(request, n))
+                    verdict, attempts = await self._guard_until_answered(request)
                 except GuardCallFailed as failed:
                     if failed.error.fatal:
                         raise failed.error from failed
@@ -190,12 +194,34 @@ class Pipeline:
             await asyncio.sleep(min(poll_s, max(claim.lease_ttl_ms / 1000, 0.01)))
             poll_s = min(poll_s * 2, LEASE_POLL_MAX_S)
 
-    async def _call_guard(self, request: ModerationRequest, attempt: int) -> GuardVerdict:
+    async def _guard_until_answered(self, request: ModerationRequest) -> tuple[GuardVerdict, int]:
+        """Guard calls under the retry policy; when the retries end because the circuit opened (the guard
+        is down, not this message's fault), wait for it to close and go on with a fresh budget."""
+        made = 0
+        while True:
+            try:
+                verdict, attempts = await self._retry.call(
+                    functools.partial(self._call_guard, request, made), hold=lambda: self._breaker.is_open
+                )
+                return verdict, made + attempts
+            except GuardCallFailed as failed:
+                made += failed.attempts
+                if not (failed.exhausted and self._breaker.is_open):
+                    raise GuardCallFailed(failed.error, made) from failed.error
+
+    async def _call_guard(self, request: ModerationRequest, made_before: int, attempt: int) -> GuardVerdict:
+        await self._breaker.admit()  # while the circuit is open this waits: no attempt is spent
         async with self._limiter.slot():
             with self._tracer.start_as_current_span("guard moderate", kind=SpanKind.CLIENT) as span:
                 span.set_attribute("guardq.guard.model", self._guard.model)
-                span.set_attribute("guardq.attempt", attempt)
-                return await self._guard.moderate(request.guard_request())
+                span.set_attribute("guardq.attempt", made_before + attempt)
+                try:
+                    verdict = await self._guard.moderate(request.guard_request())
+                except GuardError as exc:
+                    self._breaker.record(success=not exc.retriable)  # a 400 is an answer: the guard is up
+                    raise
+                self._breaker.record(success=True)
+                return verdict
 
     def _verdict(
         self, request: ModerationRequest, verdict: GuardVerdict, span: Span, attempts: int, started: float

@@ -58,16 +58,24 @@ class RetryPolicy:
             delay = max(delay, error.retry_after_s)
         return delay
 
-    async def call(self, attempt: Callable[[int], Awaitable[T]]) -> tuple[T, int]:
+    async def call(
+        self, attempt: Callable[[int], Awaitable[T]], *, hold: Callable[[], bool] | None = None
+    ) -> tuple[T, int]:
         """Run ``attempt(n)`` (n = 1, 2, ...) until it succeeds; return its result and the attempts made.
 
         When attempts or time run out, or at once for an error that is not transient, the last
         ``GuardError`` is raised wrapped in ``GuardCallFailed`` with the number of attempts made.
+        While ``hold()`` is true (the circuit is open) no further attempt is made: the caller waits for
+        the guard instead of spending attempts on it.
         """
+
+        def should_retry(exc: BaseException) -> bool:
+            return is_transient(exc) and not (hold is not None and hold())
+
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_attempts) | stop_before_delay(self.max_total_s),
             wait=self._wait,
-            retry=retry_if_exception(is_transient),
+            retry=retry_if_exception(should_retry),
             reraise=True,
         )
         made = 0

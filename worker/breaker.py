@@ -1,0 +1,162 @@
+"""The circuit breaker of one guard endpoint: closed (green), open (red), half-open (yellow).
+
+It opens on a run of consecutive transient failures, or on a failure rate over a sliding window once
+that window has a minimum call volume, so scattered failures that retries absorb do not open it. While it
+is open, nothing is sent: callers wait in ``admit`` (their attempts are not spent) and the consumer
+pauses. A prober owned by the worker calls the guard's models endpoint after a short cool-down that grows
+while the guard stays down; when the probe succeeds the breaker turns half-open and lets a few trial calls
+through, and closes when they succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+class BreakerState(enum.Enum):
+    CLOSED = "green"
+    HALF_OPEN = "yellow"
+    OPEN = "red"
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """When the breaker opens and how it probes."""
+
+    consecutive_failures: int = 20
+    window_s: float = 10.0
+    min_calls: int = 40
+    failure_rate: float = 0.5
+    cooldown_initial_s: float = 0.25
+    cooldown_max_s: float = 1.5
+    trial_calls: int = 3
+    half_open_timeout_s: float = 60.0
+
+
+class CircuitBreaker:
+    """Counts guard outcomes and gates calls; ``run_prober`` must run while the worker does."""
+
+    def __init__(
+        self, policy: BreakerPolicy | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._policy = policy or BreakerPolicy()
+        self._clock = clock
+        self._state = BreakerState.CLOSED
+        self._consecutive = 0
+        self._window: deque[tuple[float, bool]] = deque()
+        self._trials_left = 0
+        self._trial_successes = 0
+        self._cooldown_s = self._policy.cooldown_initial_s
+        self._usable = asyncio.Event()
+        self._usable.set()
+        self._opened = asyncio.Event()  # set while open: wakes the prober
+        self._settled = asyncio.Event()  # cleared while half-open: set when trials open or close it
+        self.opened_count = 0
+
+    @property
+    def state(self) -> BreakerState:
+        return self._state
+
+    @property
+    def is_open(self) -> bool:
+        return self._state is BreakerState.OPEN
+
+    async def admit(self) -> None:
+        """Wait until a call may be sent: closed, or a half-open trial slot is free."""
+        while True:
+            await self._usable.wait()
+            if self._state is BreakerState.CLOSED:
+                return
+            if self._state is BreakerState.HALF_OPEN and self._trials_left > 0:
+                self._trials_left -= 1
+                if self._trials_left == 0:
+                    self._usable.clear()
+                return
+
+    def record(self, *, success: bool) -> None:
+        """Count the outcome of one call (a transient failure, or a success)."""
+        now = self._clock()
+        self._window.append((now, success))
+        while self._window and self._window[0][0] < now - self._policy.window_s:
+            self._window.popleft()
+        self._consecutive = 0 if success else self._consecutive + 1
+        if self._state is BreakerState.HALF_OPEN:
+            self._record_trial(success)
+        elif self._state is BreakerState.CLOSED and not success and self._should_open():
+            self._open("failures")
+
+    def _record_trial(self, success: bool) -> None:
+        if not success:
+            self._cooldown_s = min(self._cooldown_s * 2, self._policy.cooldown_max_s)
+            self._open("a trial call failed")
+            return
+        self._trial_successes += 1
+        if self._trial_successes >= self._policy.trial_calls:
+            self._close()
+
+    def _should_open(self) -> bool:
+        if self._consecutive >= self._policy.consecutive_failures:
+            return True
+        calls = len(self._window)
+        failures = sum(1 for _, ok in self._window if not ok)
+        return calls >= self._policy.min_calls and failures / calls >= self._policy.failure_rate
+
+    def _open(self, why: str) -> None:
+        if self._state is not BreakerState.OPEN:
+            self.opened_count += 1
+            log.warning("guard circuit open (red): %s; pausing consumption until the guard answers", why)
+        self._state = BreakerState.OPEN
+        self._usable.clear()
+        self._opened.set()
+        self._settled.set()
+
+    def _half_open(self) -> None:
+        self._state = BreakerState.HALF_OPEN
+        self._trials_left = self._policy.trial_calls
+        self._trial_successes = 0
+        self._opened.clear()
+        self._settled.clear()
+        self._usable.set()
+        log.info("guard circuit half-open (yellow): %d trial call(s)", self._policy.trial_calls)
+
+    def _close(self) -> None:
+        self._state = BreakerState.CLOSED
+        self._consecutive = 0
+        self._window.clear()
+        self._cooldown_s = self._policy.cooldown_initial_s
+        self._usable.set()
+        self._opened.clear()
+        self._settled.set()
+        log.info("guard circuit closed (green)")
+
+    async def run_prober(self, probe: Callable[[], Awaitable[object]]) -> None:
+        """While open, call ``probe`` after each cool-down; when it returns, turn half-open. Runs until cancelled."""
+        while True:
+            await self._opened.wait()
+            await asyncio.sleep(self._cooldown_s)
+            if self._state is not BreakerState.OPEN:
+                continue
+            try:
+                await probe()
+            except Exception as exc:  # any probe failure means: still down
+                self._cooldown_s = min(self._cooldown_s * 2, self._policy.cooldown_max_s)
+                log.debug("guard probe failed: %s", exc)
+                continue
+            self._half_open()
+            await self._await_trials()
+
+    async def _await_trials(self) -> None:
+        # Trial calls that never report (their callers were cancelled) must not leave it half-open forever.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), self._policy.half_open_timeout_s)
+        if self._state is BreakerState.HALF_OPEN:
+            self._open("trial calls did not finish in time")
