@@ -53,6 +53,7 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self._consecutive = 0
         self._window: deque[tuple[float, bool]] = deque()
+        self._window_failures = 0  # kept with the window, so each call costs O(1)
         self._trials_left = 0
         self._trial_successes = 0
         self._cooldown_s = self._policy.cooldown_initial_s
@@ -86,8 +87,10 @@ class CircuitBreaker:
         """Count the outcome of one call (a transient failure, or a success)."""
         now = self._clock()
         self._window.append((now, success))
+        self._window_failures += not success
         while self._window and self._window[0][0] < now - self._policy.window_s:
-            self._window.popleft()
+            _, ok = self._window.popleft()
+            self._window_failures -= not ok
         self._consecutive = 0 if success else self._consecutive + 1
         if self._state is BreakerState.HALF_OPEN:
             self._record_trial(success)
@@ -107,8 +110,7 @@ class CircuitBreaker:
         if self._consecutive >= self._policy.consecutive_failures:
             return True
         calls = len(self._window)
-        failures = sum(1 for _, ok in self._window if not ok)
-        return calls >= self._policy.min_calls and failures / calls >= self._policy.failure_rate
+        return calls >= self._policy.min_calls and self._window_failures / calls >= self._policy.failure_rate
 
     def _open(self, why: str) -> None:
         if self._state is not BreakerState.OPEN:
@@ -132,6 +134,7 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self._consecutive = 0
         self._window.clear()
+        self._window_failures = 0
         self._cooldown_s = self._policy.cooldown_initial_s
         self._usable.set()
         self._opened.clear()
