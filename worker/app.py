@@ -26,6 +26,7 @@ from worker.pipeline import Pipeline
 from worker.retry import RetryPolicy
 from worker.settings import Settings
 from worker.store import LeaseKeeper, VerdictStore, connect_redis
+from worker.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class Worker:
     guard: GuardBackend | None = None
     limiter: ConcurrencyLimiter = field(init=False)
     breaker: CircuitBreaker = field(init=False, default_factory=CircuitBreaker)
+    throttle: Throttle = field(init=False, default_factory=Throttle)
     fetch_loop: FetchLoop | None = field(init=False, default=None)
     ready: asyncio.Event = field(init=False, default_factory=asyncio.Event)
 
@@ -79,6 +81,7 @@ class Worker:
                 guard=guard,
                 limiter=self.limiter,
                 breaker=breaker,
+                throttle=self.throttle,
                 outbox=Outbox(
                     producer, tracer, verdict_topic=settings.verdict_topic, dlq_topic=settings.dlq_topic
                 ),

@@ -35,6 +35,7 @@ from worker.outbox import Outbox
 from worker.retry import GuardCallFailed, RetryPolicy
 from worker.settings import Settings
 from worker.store import ClaimState, Lease, LeaseKeeper, VerdictStore
+from worker.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class Pipeline:
         limiter: ConcurrencyLimiter,
         outbox: Outbox,
         breaker: CircuitBreaker,
+        throttle: Throttle,
         tracer: Tracer,
         retry: RetryPolicy,
     ) -> None:
@@ -74,6 +76,7 @@ class Pipeline:
         self._limiter = limiter
         self._outbox = outbox
         self._breaker = breaker
+        self._throttle = throttle
         self._tracer = tracer
         self._retry = retry
 
@@ -211,6 +214,7 @@ class Pipeline:
 
     async def _call_guard(self, request: ModerationRequest, made_before: int, attempt: int) -> GuardVerdict:
         await self._breaker.admit()  # while the circuit is open this waits: no attempt is spent
+        await self._throttle.wait()  # inside a 429's Retry-After window nobody calls
         async with self._limiter.slot():
             with self._tracer.start_as_current_span("guard moderate", kind=SpanKind.CLIENT) as span:
                 span.set_attribute("guardq.guard.model", self._guard.model)
@@ -219,6 +223,8 @@ class Pipeline:
                     verdict = await self._guard.moderate(request.guard_request())
                 except GuardError as exc:
                     self._breaker.record(success=not exc.retriable)  # a 400 is an answer: the guard is up
+                    if exc.status == 429:
+                        self._throttle.hold_for(exc.retry_after_s)
                     raise
                 self._breaker.record(success=True)
                 return verdict
