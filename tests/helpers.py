@@ -220,3 +220,22 @@ def schema_errors(name: str, document: Any) -> list[str]:
         json.loads(path.read_text()), format_checker=Draft202012Validator.FORMAT_CHECKER
     )
     return [error.message for error in validator.iter_errors(document)]
+
+
+async def run_guardq(
+    settings: Settings, *args: str, stdin: bytes | None = None, timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`guardq ARGS` as a subprocess configured by ``settings``; output decoded as text."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        *args,
+        env=settings_env(settings),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin), timeout=timeout_s)
+    assert process.returncode is not None
+    return subprocess.CompletedProcess(args, process.returncode, out.decode(), err.decode())

@@ -11,35 +11,16 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SettingsFactory
-from tests.helpers import collect, settings_env
-from worker.settings import Settings
+from tests.helpers import collect, run_guardq, settings_env
 
 pytestmark = pytest.mark.integration
-
-
-async def _guardq(
-    settings: Settings, *args: str, stdin: bytes | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        *args,
-        env=settings_env(settings),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(stdin), timeout=60)
-    assert process.returncode is not None
-    return subprocess.CompletedProcess(args, process.returncode, out, err)
 
 
 async def test_publish_skips_bad_lines_with_their_numbers_and_adds_missing_ids(
     make_settings: SettingsFactory, tmp_path: Path
 ) -> None:
     settings = make_settings()
-    await _guardq(settings, "topics", "create")
+    await run_guardq(settings, "topics", "create")
     lines = [
         '{"id": "a", "text": "hello"}',
         "not json at all",
@@ -50,13 +31,10 @@ async def test_publish_skips_bad_lines_with_their_numbers_and_adds_missing_ids(
     ]
     path = tmp_path / "requests.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    result = await _guardq(settings, "publish", str(path))
+    result = await run_guardq(settings, "publish", str(path))
     assert result.returncode == 0, result.stderr
-    assert (
-        result.stdout.decode().strip()
-        == f"published 3 message(s) to {settings.input_topic}; skipped 2 bad line(s)"
-    )
-    errors = result.stderr.decode().strip().splitlines()
+    assert result.stdout.strip() == f"published 3 message(s) to {settings.input_topic}; skipped 2 bad line(s)"
+    errors = result.stderr.strip().splitlines()
     assert errors[0].startswith("line 2: invalid_json")
     assert errors[1].startswith("line 5: missing_field")
     records = await collect(settings, settings.input_topic, count=3, timeout_s=15)
@@ -69,24 +47,24 @@ async def test_publish_skips_bad_lines_with_their_numbers_and_adds_missing_ids(
 
 async def test_publish_from_stdin_and_tail_from_beginning(make_settings: SettingsFactory) -> None:
     settings = make_settings()
-    await _guardq(settings, "topics", "create")
-    published = await _guardq(
+    await run_guardq(settings, "topics", "create")
+    published = await run_guardq(
         settings, "publish", "-", stdin=b'{"id": "x1", "text": "one"}\n{"id": "x2", "text": "two"}\n'
     )
     assert published.returncode == 0, published.stderr
-    tailed = await _guardq(
+    tailed = await run_guardq(
         settings, "tail", "--topic", "input", "--from-beginning", "--max", "2", "--timeout", "20"
     )
     assert tailed.returncode == 0, tailed.stderr
-    rows = [json.loads(line) for line in tailed.stdout.decode().splitlines()]
+    rows = [json.loads(line) for line in tailed.stdout.splitlines()]
     assert sorted(json.loads(row["value"])["id"] for row in rows) == ["x1", "x2"]
     assert all(row["topic"] == settings.input_topic and "traceparent" in row["headers"] for row in rows)
 
 
 async def test_tail_without_from_beginning_starts_at_the_current_end(make_settings: SettingsFactory) -> None:
     settings = make_settings()
-    await _guardq(settings, "topics", "create")
-    await _guardq(settings, "publish", "-", stdin=b'{"id": "old", "text": "before tail"}\n')
+    await run_guardq(settings, "topics", "create")
+    await run_guardq(settings, "publish", "-", stdin=b'{"id": "old", "text": "before tail"}\n')
     tail = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -105,7 +83,7 @@ async def test_tail_without_from_beginning_starts_at_the_current_end(make_settin
     assert tail.stderr is not None
     status = await asyncio.wait_for(tail.stderr.readline(), timeout=30)
     assert status.decode().startswith(f"following {settings.input_topic} (4 partitions) from the current end")
-    await _guardq(settings, "publish", "-", stdin=b'{"id": "new", "text": "after tail"}\n')
+    await run_guardq(settings, "publish", "-", stdin=b'{"id": "new", "text": "after tail"}\n')
     out, _ = await asyncio.wait_for(tail.communicate(), timeout=40)
     rows = [json.loads(line) for line in out.decode().splitlines()]
     assert [json.loads(row["value"])["id"] for row in rows] == ["new"]
@@ -113,19 +91,19 @@ async def test_tail_without_from_beginning_starts_at_the_current_end(make_settin
 
 async def test_topics_create_makes_input_verdict_dlq_and_retry_topics(make_settings: SettingsFactory) -> None:
     settings = make_settings()
-    result = await _guardq(settings, "topics", "create")
+    result = await run_guardq(settings, "topics", "create")
     assert result.returncode == 0, result.stderr
-    listed = result.stdout.decode()
+    listed = result.stdout
     for topic in [settings.input_topic, settings.verdict_topic, settings.dlq_topic, *settings.retry_topics]:
         assert f"{topic} " in listed and "created" in listed
-    again = await _guardq(settings, "topics", "create")
-    assert "created" not in again.stdout.decode()
+    again = await run_guardq(settings, "topics", "create")
+    assert "created" not in again.stdout
 
 
 async def test_unreachable_broker_gives_one_line_error(make_settings: SettingsFactory) -> None:
     settings = make_settings()
-    result = await _guardq(settings, "tail", "--kafka-bootstrap", "127.0.0.1:1", "--timeout", "2")
+    result = await run_guardq(settings, "tail", "--kafka-bootstrap", "127.0.0.1:1", "--timeout", "2")
     assert result.returncode == 1
-    assert result.stderr.decode().strip().splitlines() == [
+    assert result.stderr.strip().splitlines() == [
         "guardq: cannot reach Kafka: no broker answered (check GUARDQ_KAFKA_BOOTSTRAP)"
     ]

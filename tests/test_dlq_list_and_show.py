@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -15,28 +12,12 @@ from tests.helpers import (
     collect,
     publish,
     publish_raw,
+    run_guardq,
     running_worker,
-    settings_env,
     wait_for_verdicts,
 )
-from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-
-async def _guardq(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        *args,
-        env=settings_env(settings),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return subprocess.CompletedProcess(args, process.returncode, out.decode(), err.decode())
 
 
 async def test_dlq_list_filters_by_reason_and_show_decodes_one_dead_letter(
@@ -49,27 +30,27 @@ async def test_dlq_list_filters_by_reason_and_show_decodes_one_dead_letter(
         await wait_for_verdicts(settings, ["fine"], timeout_s=30)
         await collect(settings, settings.dlq_topic, count=3, timeout_s=30)
 
-    everything = await _guardq(settings, "dlq", "list")
+    everything = await run_guardq(settings, "dlq", "list")
     assert everything.returncode == 0, everything.stderr
     assert everything.stdout.strip().splitlines()[-1] == "3 dead letter(s)"
     assert everything.stdout.splitlines()[0].split()[:3] == ["AT", "ID", "REASON"]
 
-    rejected = await _guardq(settings, "dlq", "list", "--reason", "guard_rejected", "--json")
+    rejected = await run_guardq(settings, "dlq", "list", "--reason", "guard_rejected", "--json")
     rows = [json.loads(line) for line in rejected.stdout.splitlines()]
     assert [row["id"] for row in rows] == ["rejected"]
     assert rows[0]["envelope"]["attempts"] == 1
 
-    none_yet = await _guardq(settings, "dlq", "list", "--until", "2000-01-01T00:00:00Z")
+    none_yet = await run_guardq(settings, "dlq", "list", "--until", "2000-01-01T00:00:00Z")
     assert none_yet.stdout.strip().splitlines()[-1] == "0 dead letter(s)"
 
-    shown = await _guardq(settings, "dlq", "show", "empty")
+    shown = await run_guardq(settings, "dlq", "show", "empty")
     detail = json.loads(shown.stdout)
     assert detail["envelope"]["reason"] == "empty_text"
     assert detail["envelope"]["original"]["topic"] == settings.input_topic
     at = f"{rows[0]['partition']}:{rows[0]['offset']}"
-    assert json.loads((await _guardq(settings, "dlq", "show", at)).stdout)["id"] == "rejected"
+    assert json.loads((await run_guardq(settings, "dlq", "show", at)).stdout)["id"] == "rejected"
 
-    missing = await _guardq(settings, "dlq", "show", "no-such-id")
+    missing = await run_guardq(settings, "dlq", "show", "no-such-id")
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines() == [
         "guardq: error: no dead letter at 'no-such-id' (give PARTITION:OFFSET or a message id)"
@@ -78,7 +59,7 @@ async def test_dlq_list_filters_by_reason_and_show_decodes_one_dead_letter(
 
 async def test_dlq_list_of_an_empty_dead_letter_topic_ends_by_itself(make_settings: SettingsFactory) -> None:
     settings = make_settings()
-    assert (await _guardq(settings, "topics", "create")).returncode == 0
-    listed = await _guardq(settings, "dlq", "list")
+    assert (await run_guardq(settings, "topics", "create")).returncode == 0
+    listed = await run_guardq(settings, "dlq", "list")
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.strip().splitlines()[-1] == "0 dead letter(s)"
