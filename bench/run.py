@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import redis.asyncio as aioredis
 
 from worker import kafka, stack
-from worker.settings import SPECS, Settings
+from worker.settings import Settings
+from worker.store import delete_prefix
 from worker.tail import records
 
 CONCURRENCY = 64
@@ -64,15 +64,6 @@ def _settings(services: Services, run: str) -> Settings:
             "GUARDQ_GUARD_TIMEOUT_S": "30",
         }
     )
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for spec in SPECS:
-        value = getattr(settings, spec.field)
-        if value is not None:
-            env[spec.env] = ",".join(value) if isinstance(value, tuple) else str(value)
-    return env
 
 
 async def _sim_config(services: Services, **knobs: Any) -> None:
@@ -144,7 +135,7 @@ async def _drain_with_worker(
     await _fill(settings, count)
     log = (services.workdir / f"worker-{settings.group_id}.log").open("ab")
     worker = subprocess.Popen(  # noqa: ASYNC220 - started once; the benchmark's own loop is not latency-bound here
-        [sys.executable, "-m", "worker", "run"], env=_env(settings), stdout=log, stderr=log
+        [sys.executable, "-m", "worker", "run"], env=settings.child_env(os.environ), stdout=log, stderr=log
     )
     try:
         arrivals = await _watch(settings, count, timeout_s)
@@ -153,28 +144,13 @@ async def _drain_with_worker(
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
         log.close()
-        await _delete_keys(services.redis_url, settings.redis_prefix)
+        await delete_prefix(services.redis_url, settings.redis_prefix)
     return {
         "messages": count,
         "completed": len(arrivals),
         **_rates(arrivals),
         "peak_rss_mb": round(rss_mb, 1),
     }
-
-
-async def _delete_keys(url: str, prefix: str) -> None:
-    client = aioredis.Redis.from_url(url)
-    try:
-        batch = []
-        async for key in client.scan_iter(match=prefix + "*", count=5000):
-            batch.append(key)
-            if len(batch) >= 5000:
-                await client.delete(*batch)
-                batch = []
-        if batch:
-            await client.delete(*batch)
-    finally:
-        await client.aclose()
 
 
 async def _raw_http_rate(guard_url: str, seconds: float) -> float:
@@ -263,16 +239,11 @@ def main() -> int:
     parser.add_argument("--instant", type=int, default=15000, help="messages in the instant-guard scenario")
     parser.add_argument("--backlog", type=int, default=100_000, help="messages in the RSS scenario")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="guardq-bench-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="guardq-bench-") as tmp,
+        stack.embedded_services("redis://127.0.0.1:6379/0") as (bootstrap, redis_url),
+    ):
         workdir = Path(tmp)
-        port = stack.free_port()
-        broker = stack.start_broker(port, log_path=workdir / "broker.log")
-        redis_url = "redis://127.0.0.1:6379/0"
-        valkey = None
-        if not stack.redis_reachable(redis_url):
-            redis_port = stack.free_port()
-            valkey = stack.start_valkey(redis_port, data_dir=workdir / "valkey")
-            redis_url = f"redis://127.0.0.1:{redis_port}/0"
         sim = subprocess.Popen(
             [sys.executable, "-m", "worker", "guard-sim", "--port", "0", "--capacity", "256"],
             stdout=subprocess.PIPE,
@@ -280,7 +251,7 @@ def main() -> int:
         )
         assert sim.stdout is not None
         guard_url = sim.stdout.readline().strip().removeprefix("guard-sim listening on ")
-        services = Services(f"127.0.0.1:{port}", redis_url, guard_url, sim, workdir)
+        services = Services(bootstrap, redis_url, guard_url, sim, workdir)
         print(
             f"{'scenario':<24}{'done/total':<16}{'throughput (steady)':<27}{'RSS':>6}   against target",
             flush=True,
@@ -290,9 +261,6 @@ def main() -> int:
         finally:
             sim.terminate()
             sim.wait(timeout=10)
-            stack.kill(broker.pid, expect="tansu")
-            if valkey is not None:
-                stack.kill(valkey.pid, expect="valkey")
     RESULTS.mkdir(exist_ok=True)
     document = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),

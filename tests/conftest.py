@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from tests.helpers import GuardSim, start_guard_sim
 from worker import stack
 from worker.settings import Settings
+from worker.store import delete_prefix
 
 SettingsFactory = Callable[..., Settings]
 
@@ -77,13 +77,7 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
     """A key prefix of this test's own; every key under it is deleted afterwards."""
     prefix = f"guardq-test-{uuid.uuid4().hex[:12]}:"
     yield prefix
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        keys = [key async for key in client.scan_iter(match=prefix + "*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    await delete_prefix(redis_url, prefix)
 
 
 @pytest.fixture

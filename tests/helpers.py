@@ -24,7 +24,7 @@ from aiokafka.structs import ConsumerRecord
 from worker.app import Worker
 from worker.guard.base import GuardBackend
 from worker.publish import Published, Publisher
-from worker.settings import SPECS, Settings
+from worker.settings import Settings
 from worker.tail import records
 
 
@@ -170,16 +170,7 @@ async def stored_verdicts(settings: Settings, ids: Iterable[str]) -> dict[str, d
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment variables that reproduce ``settings`` in a worker subprocess."""
-    env = dict(os.environ)
-    for spec in SPECS:
-        value = getattr(settings, spec.field)
-        if value is None:
-            env.pop(spec.env, None)
-        elif isinstance(value, tuple):
-            env[spec.env] = ",".join(value)
-        else:
-            env[spec.env] = str(value)
-    return env
+    return settings.child_env(os.environ)
 
 
 def spawn_worker(settings: Settings, log_path: str) -> subprocess.Popen[bytes]:

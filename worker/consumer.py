@@ -78,11 +78,6 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         self.stats = FetchStats()
 
     @property
-    def buffered(self) -> int:
-        """Records fetched and not yet done."""
-        return self._buffered
-
-    @property
     def fatal_error(self) -> BaseException | None:
         """The error that stopped the loop, if one did."""
         return self._fatal

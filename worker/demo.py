@@ -13,21 +13,18 @@ import contextlib
 import json
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import redis.asyncio as aioredis
 
 from worker import logs, stack
 from worker.app import Worker
 from worker.publish import BadLine, Publisher, read_jsonl
 from worker.settings import Settings
+from worker.store import delete_prefix
 from worker.tail import records
 
 DEMO_MAX_TEXT_CHARS = 2000
@@ -66,27 +63,6 @@ class Tally:
             self.finished.set()
 
 
-@contextlib.contextmanager
-def embedded_services(redis_url: str) -> Iterator[tuple[str, str]]:
-    """Yield (bootstrap, redis_url) of a fresh in-memory broker and a reachable Redis; stop what was started."""
-    with tempfile.TemporaryDirectory(prefix="guardq-demo-") as tmp:
-        port = stack.free_port()
-        broker = stack.start_broker(port, log_path=Path(tmp) / "broker.log")
-        valkey = None
-        try:
-            if not stack.redis_reachable(redis_url):
-                redis_port = stack.free_port()
-                valkey = stack.start_valkey(redis_port, data_dir=Path(tmp) / "valkey")
-                redis_url = f"redis://127.0.0.1:{redis_port}/0"
-            yield f"127.0.0.1:{port}", redis_url
-        finally:
-            stack.kill(broker.pid, expect="tansu")
-            broker.wait(timeout=10)
-            if valkey is not None:
-                stack.kill(valkey.pid, expect="valkey")
-                valkey.wait(timeout=10)
-
-
 def sample_lines() -> list[bytes]:
     """The bundled sample set: JSONL, including duplicates and a few malformed lines on purpose."""
     return (Path(__file__).parent / "data" / "samples.jsonl").read_bytes().splitlines()
@@ -95,7 +71,7 @@ def sample_lines() -> list[bytes]:
 def run_demo(*, guard_url: str | None, guard_model: str, redis_url: str) -> int:
     """Run the demo; returns the exit code."""
     print("guardq demo: embedded broker + Redis, worker, bundled sample set", file=sys.stderr)
-    with embedded_services(redis_url) as (bootstrap, url):
+    with stack.embedded_services(redis_url) as (bootstrap, url):
         env = {
             "GUARDQ_KAFKA_BOOTSTRAP": bootstrap,
             "GUARDQ_REDIS_URL": url,
@@ -124,7 +100,7 @@ async def _demo(settings: Settings) -> int:
     finally:
         stop.set()
         await running
-        await _delete_prefix(settings)
+        await delete_prefix(settings.redis_url, settings.redis_prefix)
     _print_summary(tally, settings)
     return 0 if tally.complete else 1
 
@@ -211,16 +187,6 @@ def _draw_bar(tally: Tally, *, final: bool = False) -> None:
     else:
         sys.stderr.write(line + "\n")
     sys.stderr.flush()
-
-
-async def _delete_prefix(settings: Settings) -> None:
-    client = aioredis.Redis.from_url(settings.redis_url)
-    try:
-        keys = [key async for key in client.scan_iter(match=settings.redis_prefix + "*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 def _percentile(values: list[float], share: float) -> float:

@@ -156,10 +156,3 @@ class Verdict:
     def to_json(self) -> bytes:
         """Compact UTF-8 JSON."""
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> Verdict:
-        """Read a stored verdict; fields added by later versions are ignored."""
-        document = json.loads(raw)
-        known = {name: document[name] for name in cls.__dataclass_fields__ if name in document}
-        return cls(**known)

@@ -263,6 +263,18 @@ class Settings:
         """In-flight lease TTL: about the guard timeout, renewed by its holder while the work is alive."""
         return max(5.0, self.guard_timeout_s)
 
+    def child_env(self, base: Mapping[str, str]) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process: ``base`` with every
+        setting's variable set, or removed where the setting is unset (so its default applies)."""
+        env = dict(base)
+        for spec in SPECS:
+            value = getattr(self, spec.field)
+            if value is None:
+                env.pop(spec.env, None)
+            else:
+                env[spec.env] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return env
+
     def redacted(self) -> dict[str, Any]:
         """Settings for display, with secrets replaced."""
         secret = {spec.field for spec in SPECS if spec.secret}

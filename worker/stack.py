@@ -11,7 +11,9 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -209,3 +211,24 @@ def _without_password(url: str) -> str:
     if parsed.password:
         return url.replace(f":{parsed.password}@", ":***@")
     return url
+
+
+@contextlib.contextmanager
+def embedded_services(redis_url: str) -> Iterator[tuple[str, str]]:
+    """Yield (bootstrap, redis_url) of a fresh in-memory broker and a reachable Redis; stop what was started."""
+    with tempfile.TemporaryDirectory(prefix="guardq-stack-") as tmp:
+        port = free_port()
+        broker = start_broker(port, log_path=Path(tmp) / "broker.log")
+        valkey = None
+        try:
+            if not redis_reachable(redis_url):
+                redis_port = free_port()
+                valkey = start_valkey(redis_port, data_dir=Path(tmp) / "valkey")
+                redis_url = f"redis://127.0.0.1:{redis_port}/0"
+            yield f"127.0.0.1:{port}", redis_url
+        finally:
+            kill(broker.pid, expect="tansu")
+            broker.wait(timeout=10)
+            if valkey is not None:
+                kill(valkey.pid, expect="valkey")
+                valkey.wait(timeout=10)

@@ -57,6 +57,24 @@ def connect_redis(url: str, *, max_connections: int) -> Redis:
     return Redis(connection_pool=pool)
 
 
+async def delete_prefix(url: str, prefix: str, *, batch: int = 5000) -> int:
+    """Delete every key under ``prefix`` (a test's, a demo run's or a benchmark's); returns how many."""
+    client = Redis.from_url(url)
+    deleted = 0
+    try:
+        keys: list[bytes] = []
+        async for key in client.scan_iter(match=prefix + "*", count=batch):
+            keys.append(key)
+            if len(keys) >= batch:
+                deleted += await client.delete(*keys)
+                keys = []
+        if keys:
+            deleted += await client.delete(*keys)
+    finally:
+        await client.aclose()
+    return deleted
+
+
 class ClaimState(enum.Enum):
     """What ``VerdictStore.claim`` found."""
 
@@ -123,13 +141,6 @@ class VerdictStore:
             return verdict_json
         return existing if isinstance(existing, bytes) else str(existing).encode()
 
-    async def renew(self, lease: Lease) -> bool:
-        """Extend the lease; False when it was lost (expired and taken over)."""
-        result = await self._renew(
-            keys=[self.lease_key(lease.message_id)], args=[lease.token, self._lease_ttl_ms]
-        )
-        return bool(result)
-
     async def renew_many(self, leases: list[Lease]) -> list[bool]:
         """Extend many leases in one pipelined round trip; False for each one that was lost."""
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -146,11 +157,6 @@ class VerdictStore:
         """Give the lease up without a verdict (the message was dead-lettered or the work dropped)."""
         await self._release(keys=[self.lease_key(lease.message_id)], args=[lease.token])
 
-    async def get_verdict(self, message_id: str) -> bytes | None:
-        """The stored verdict JSON, if any."""
-        value = await self._redis.get(self.verdict_key(message_id))
-        return value if isinstance(value, bytes) or value is None else value.encode()
-
 
 class LeaseKeeper:
     """Keeps every held lease alive: one pipelined renewal of all of them every third of the lease TTL,
@@ -159,10 +165,6 @@ class LeaseKeeper:
     def __init__(self, store: VerdictStore) -> None:
         self._store = store
         self._held: dict[str, Lease] = {}
-
-    @property
-    def held(self) -> int:
-        return len(self._held)
 
     @contextmanager
     def holding(self, lease: Lease) -> Iterator[None]:
