@@ -75,6 +75,14 @@ def test_headers_round_trip_to_an_equal_envelope() -> None:
     assert DeadLetterEnvelope.from_headers(envelope.to_headers()) == envelope
 
 
+def test_retry_hop_envelope_round_trips_with_its_due_time() -> None:
+    envelope = _envelope(retry_hop=2, due_at="2026-11-23T13:37:10.000Z")
+    headers = dict(envelope.to_headers())
+    assert headers["guardq.retry.hop"] == b"2"
+    assert headers["guardq.retry.due_at"] == b"2026-11-23T13:37:10.000Z"
+    assert DeadLetterEnvelope.from_headers(envelope.to_headers()) == envelope
+
+
 def test_envelope_without_traceparent_has_no_traceparent_header() -> None:
     headers = dict(_envelope(traceparent=None).to_headers())
     assert "traceparent" not in headers
@@ -105,6 +113,7 @@ def test_every_header_value_is_utf8_bytes_and_names_are_the_documented_ones() ->
         "guardq.first_failed_at",
         "guardq.replay_count",
         "guardq.history",
+        "guardq.retry.hop",
         "traceparent",
     ]
     for _, value in headers:

@@ -1,4 +1,5 @@
-"""Guard failures in process: transient ones are retried with backoff, then dead-lettered; permanent ones at once."""
+"""Guard failures: transient ones are retried with backoff, then through the retry topics, then dead-lettered;
+permanent ones at once."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ async def test_transient_guard_failures_are_retried_and_counted_exactly(
 async def test_persistent_503_exhausts_retries_and_400_is_dead_lettered_at_once(
     make_settings: SettingsFactory, guard_sim: GuardSim
 ) -> None:
-    settings = make_settings(guard_attempts=3)
+    settings = make_settings(guard_attempts=3, retry_schedule="1s")
     documents = [
         {"id": "always-503", "text": "never [[sim:503x50]]"},
         {"id": "rejected", "text": "bad request [[sim:400]]"},
@@ -50,12 +51,18 @@ async def test_persistent_503_exhausts_retries_and_400_is_dead_lettered_at_once(
         await wait_for_verdicts(settings, ["fine"], timeout_s=30)
         dead = await collect(settings, settings.dlq_topic, count=3, timeout_s=60)
     by_id = {json.loads(r.value)["id"]: DeadLetterEnvelope.from_headers(r.headers) for r in dead}
+    # 3 attempts on the input topic, 3 more after the one retry hop.
     assert by_id["always-503"].error_reason == "retries_exhausted"
-    assert by_id["always-503"].attempts == 3
+    assert by_id["always-503"].attempts == 6
+    assert by_id["always-503"].retry_hop == 1
     assert by_id["always-503"].error_class == "GuardUnavailable"
     assert by_id["rejected"].error_reason == "guard_rejected"
     assert by_id["rejected"].attempts == 1
     assert by_id["too-long-for-model"].error_reason == "context_length"
-    assert await guard_sim.calls_for("never [[sim:503x50]]") == 3
+    assert await guard_sim.calls_for("never [[sim:503x50]]") == 6
     assert await guard_sim.calls_for("bad request [[sim:400]]") == 1
-    assert len(by_id["always-503"].history) == 1
+    assert [entry["topic"] for entry in by_id["always-503"].history] == [
+        settings.input_topic,
+        settings.retry_topics[0],
+    ]
+    assert len(by_id["rejected"].history) == 1

@@ -24,6 +24,7 @@ from worker.limiter import ConcurrencyLimiter
 from worker.outbox import Outbox
 from worker.pipeline import Pipeline
 from worker.retry import RetryPolicy
+from worker.schedule import RetrySchedule
 from worker.settings import Settings
 from worker.store import LeaseKeeper, VerdictStore, connect_redis
 from worker.throttle import Throttle
@@ -74,6 +75,7 @@ class Worker:
             )
             leases = LeaseKeeper(store)
             breaker = self.breaker
+            schedule = RetrySchedule.from_settings(settings)
             pipeline = Pipeline(
                 settings,
                 store=store,
@@ -89,6 +91,7 @@ class Worker:
                 retry=RetryPolicy(
                     max_attempts=settings.guard_attempts, max_total_s=2 * settings.guard_timeout_s + 10
                 ),
+                schedule=schedule,
             )
             consumer = kafka.make_consumer(settings, group_id=settings.group_id)
             loop = FetchLoop(
@@ -98,8 +101,10 @@ class Worker:
                 max_buffered_bytes=settings.max_buffered_mb * 1024 * 1024,
                 commit_interval_s=settings.commit_interval_s,
                 hold=lambda: breaker.is_open,
+                due_in_s=schedule.due_in_s,
             )
-            consumer.subscribe([settings.input_topic], listener=loop)
+            # Retry topics are consumed beside the input topic; their partitions wait for their head's due time.
+            consumer.subscribe([settings.input_topic, *schedule.topics], listener=loop)
             await consumer.start()
             stack.push_async_callback(consumer.stop)
             self.fetch_loop = loop

@@ -36,6 +36,7 @@ class _Partition:
     offsets: PartitionOffsets = field(default_factory=PartitionOffsets)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     committed: int | None = None
+    due_at: float | None = None  # loop time at which a held-back retry partition's head record is due
 
 
 @dataclass
@@ -47,6 +48,7 @@ class FetchStats:
     infra_retries: int = 0
     pauses: int = 0
     peak_buffered: int = 0
+    held_back: int = 0  # times a retry partition was paused until its head record was due
 
 
 class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -61,6 +63,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         max_buffered_bytes: int,
         commit_interval_s: float,
         hold: Callable[[], bool] | None = None,
+        due_in_s: Callable[[ConsumerRecord], float] | None = None,
     ) -> None:
         self._consumer = consumer
         self._handler = handler
@@ -68,6 +71,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         self._max_bytes = max_buffered_bytes
         self._commit_interval_s = commit_interval_s
         self._hold = hold or (lambda: False)
+        self._due_in_s = due_in_s or (lambda record: 0.0)
         self._parts: dict[TopicPartition, _Partition] = {}
         self._buffered = 0
         self._buffered_bytes = 0
@@ -99,7 +103,12 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
                 if part is None:
                     continue  # revoked while the fetch was under way: the new owner reads these
                 for record in records:
+                    wait_s = self._due_in_s(record)
+                    if wait_s > 0:
+                        self._hold_back(tp, part, record.offset, wait_s)
+                        break
                     self._dispatch(part, record)
+            self._resume_due()
 
     async def commit_periodically(self) -> None:
         """Commit watermarks every ``commit_interval_s`` until cancelled."""
@@ -128,6 +137,25 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
             log.warning(
                 "commit did not finish within %g s; the uncommitted records will be redelivered", timeout_s
             )
+
+    # -- delayed retry partitions -----------------------------------------------------------------
+
+    def _hold_back(self, tp: TopicPartition, part: _Partition, offset: int, wait_s: float) -> None:
+        """The head record of ``tp`` is not due yet: pause the partition and rewind to the record, so it
+        (and everything behind it) is fetched again once due. Other partitions keep flowing."""
+        part.due_at = asyncio.get_running_loop().time() + wait_s
+        self.stats.held_back += 1
+        self._consumer.seek(tp, offset)
+        self._consumer.pause(tp)
+
+    def _resume_due(self) -> None:
+        """Resume held-back partitions whose head record is due (unless every partition is paused)."""
+        now = asyncio.get_running_loop().time()
+        due = [tp for tp, part in self._parts.items() if part.due_at is not None and part.due_at <= now]
+        for tp in due:
+            self._parts[tp].due_at = None
+        if due and not self._paused:
+            self._consumer.resume(*[tp for tp in due if tp in self._consumer.assignment()])
 
     # -- dispatch ---------------------------------------------------------------------------------
 
@@ -205,7 +233,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
             self._consumer.pause(*assigned)
         elif under and self._paused:
             self._paused = False
-            self._consumer.resume(*assigned)
+            self._consumer.resume(*[tp for tp in assigned if self._parts[tp].due_at is None])
 
     # -- commits and rebalances -------------------------------------------------------------------
 

@@ -45,6 +45,8 @@ H_ATTEMPTS = _P + "attempts"
 H_FIRST_FAILED_AT = _P + "first_failed_at"
 H_REPLAY_COUNT = _P + "replay_count"
 H_HISTORY = _P + "history"
+H_RETRY_HOP = _P + "retry.hop"
+H_RETRY_DUE_AT = _P + "retry.due_at"
 H_TRACEPARENT = "traceparent"
 
 Headers = list[tuple[str, bytes]]
@@ -52,7 +54,10 @@ Headers = list[tuple[str, bytes]]
 
 @dataclass(frozen=True)
 class DeadLetterEnvelope:
-    """Everything the dead-letter headers carry; ``to_headers``/``from_headers`` are exact inverses."""
+    """Everything the dead-letter headers carry; ``to_headers``/``from_headers`` are exact inverses.
+
+    A delayed retry hop carries the same envelope plus ``due_at`` (when it may be tried again);
+    ``retry_hop`` counts the hops of the retry schedule taken so far (0 before the first)."""
 
     original_topic: str
     original_partition: int
@@ -66,6 +71,8 @@ class DeadLetterEnvelope:
     replay_count: int = 0
     traceparent: str | None = None
     history: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    retry_hop: int = 0
+    due_at: str | None = None
 
     def __post_init__(self) -> None:
         if self.error_reason not in REASONS:
@@ -104,6 +111,7 @@ class DeadLetterEnvelope:
             replay_count=_int_or(carried.get(H_REPLAY_COUNT), 0),
             traceparent=traceparent,
             history=tuple(_history_or_empty(carried.get(H_HISTORY))),
+            retry_hop=_int_or(carried.get(H_RETRY_HOP), 0),
         )
 
     def with_attempt(self, entry: dict[str, Any]) -> DeadLetterEnvelope:
@@ -124,7 +132,10 @@ class DeadLetterEnvelope:
             (H_FIRST_FAILED_AT, self.first_failed_at),
             (H_REPLAY_COUNT, str(self.replay_count)),
             (H_HISTORY, json.dumps(list(self.history[-HISTORY_LIMIT:]), separators=(",", ":"))),
+            (H_RETRY_HOP, str(self.retry_hop)),
         ]
+        if self.due_at is not None:
+            pairs.append((H_RETRY_DUE_AT, self.due_at))
         if self.traceparent:
             pairs.append((H_TRACEPARENT, self.traceparent))
         return [(name, value.encode("utf-8")) for name, value in pairs]
@@ -161,6 +172,8 @@ class DeadLetterEnvelope:
             replay_count=number(H_REPLAY_COUNT),
             traceparent=found.get(H_TRACEPARENT),
             history=tuple(history),
+            retry_hop=number(H_RETRY_HOP) if H_RETRY_HOP in found else 0,
+            due_at=found.get(H_RETRY_DUE_AT),
         )
 
 
@@ -203,6 +216,12 @@ def _history_or_empty(raw: str | None) -> list[dict[str, Any]]:
     )
 
 
-def carried_headers(headers: Sequence[tuple[str, bytes]]) -> Headers:
-    """The original record's own headers that a dead letter keeps (guardq's and traceparent are rewritten)."""
-    return [(k, v) for k, v in headers if not k.startswith(_P) and k != H_TRACEPARENT]
+def carried_headers(headers: Sequence[tuple[str, bytes]], *, keep: Sequence[str] = ()) -> Headers:
+    """The original record's own headers that a dead letter or retry hop keeps (guardq's and traceparent
+    are rewritten), plus those of guardq's named in ``keep``."""
+    return [(k, v) for k, v in headers if (not k.startswith(_P) or k in keep) and k != H_TRACEPARENT]
+
+
+def carried_number(headers: Sequence[tuple[str, bytes]], name: str) -> int:
+    """A decimal guardq header of ``headers`` (0 when it is absent or not a sane number)."""
+    return _int_or(_carried_state(headers).get(name), 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
@@ -15,12 +16,15 @@ from worker import tracing
 from worker.dlq import DeadLetterEnvelope, carried_headers, format_history_entry
 from worker.errors import GuardqError
 from worker.messages import format_rfc3339, utc_now_rfc3339
+from worker.schedule import Hop
 
 log = logging.getLogger(__name__)
 
 # A dead letter the broker refuses as too large keeps this much of the value (see ``dead_letter``).
 TRUNCATED_VALUE_BYTES = 256 * 1024
 H_VALUE_TRUNCATED_FROM = "guardq.value_truncated_from"
+# guardq headers a retry hop carries on unchanged (the envelope rewrites the others).
+KEPT_ON_RETRY = ("guardq.force", "guardq.replayed_from")
 
 
 def record_time(timestamp_ms: object) -> str:
@@ -62,19 +66,8 @@ class Outbox:
         self, record: ConsumerRecord, span: Span, error: GuardqError, *, attempts: int
     ) -> str:
         """Send the record, bytes unchanged, to the DLQ with the failure in headers. Returns the reason."""
-        incoming = list(record.headers or ())
-        envelope = DeadLetterEnvelope.for_failure(
-            record_topic=record.topic,
-            record_partition=record.partition,
-            record_offset=record.offset,
-            record_timestamp=record_time(record.timestamp),
-            incoming=incoming,
-            error=error,
-            attempts=attempts,
-            now=utc_now_rfc3339(),
-            traceparent=tracing.traceparent_of(span),
-        ).with_attempt(format_history_entry(error, attempts, record.topic))
-        headers = carried_headers(incoming) + envelope.to_headers()
+        envelope = self._envelope(record, span, error, attempts)
+        headers = carried_headers(record.headers or ()) + envelope.to_headers()
         with self._tracer.start_as_current_span(f"{self._dlq_topic} publish", kind=SpanKind.PRODUCER):
             try:
                 await self._producer.send_and_wait(
@@ -93,3 +86,32 @@ class Outbox:
                 value = (record.value or b"")[:TRUNCATED_VALUE_BYTES]
                 await self._producer.send_and_wait(self._dlq_topic, value, key=record.key, headers=headers)
         return envelope.error_reason
+
+    async def retry_later(
+        self, record: ConsumerRecord, span: Span, error: GuardqError, *, attempts: int, hop: Hop
+    ) -> None:
+        """Send the record, bytes unchanged, to the retry topic of ``hop``: same key, value, headers and
+        trace, plus the failure so far, the cumulative attempts and the time it is due."""
+        envelope = replace(
+            self._envelope(record, span, error, attempts), retry_hop=hop.number, due_at=hop.due_at
+        )
+        headers = carried_headers(record.headers or (), keep=KEPT_ON_RETRY) + envelope.to_headers()
+        with self._tracer.start_as_current_span(f"{hop.topic} publish", kind=SpanKind.PRODUCER):
+            await self._producer.send_and_wait(hop.topic, record.value, key=record.key, headers=headers)
+
+    @staticmethod
+    def _envelope(
+        record: ConsumerRecord, span: Span, error: GuardqError, attempts: int
+    ) -> DeadLetterEnvelope:
+        incoming = list(record.headers or ())
+        return DeadLetterEnvelope.for_failure(
+            record_topic=record.topic,
+            record_partition=record.partition,
+            record_offset=record.offset,
+            record_timestamp=record_time(record.timestamp),
+            incoming=incoming,
+            error=error,
+            attempts=attempts,
+            now=utc_now_rfc3339(),
+            traceparent=tracing.traceparent_of(span),
+        ).with_attempt(format_history_entry(error, attempts, record.topic))

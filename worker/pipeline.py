@@ -7,7 +7,8 @@ place, ``_decide``:
 - bad input → dead letter (reason from the parser);
 - a verdict already stored → republish it, no guard call;
 - guard verdict → store (first verdict wins) and publish;
-- a permanent guard error or exhausted retries → dead letter;
+- transient guard errors that outlast the in-process retries → the next delayed retry topic, while the
+  schedule has one (``worker.schedule``); after its last step, or for a permanent guard error → dead letter;
 - a fatal guard error (misconfiguration) → raised: the worker stops;
 - an infrastructure error (Redis, Kafka) → raised: the caller retries the message, uncommitted;
 - anything else (a bug) → dead letter with reason ``internal_error``, so one message cannot stop a partition.
@@ -33,6 +34,7 @@ from worker.limiter import ConcurrencyLimiter
 from worker.messages import ModerationRequest, Verdict, parse_request, utc_now_rfc3339
 from worker.outbox import Outbox
 from worker.retry import GuardCallFailed, RetryPolicy
+from worker.schedule import RetrySchedule
 from worker.settings import Settings
 from worker.store import ClaimState, Lease, LeaseKeeper, VerdictStore
 from worker.throttle import Throttle
@@ -50,6 +52,7 @@ class Outcome(enum.Enum):
     MODERATED = "moderated"  # guard called, verdict stored and published
     DUPLICATE = "duplicate"  # a verdict was already stored: re-published, no guard call
     DEAD_LETTERED = "dead_lettered"  # bad input or a guard failure: sent to the DLQ with a reason
+    RETRY_SCHEDULED = "retry_scheduled"  # transient failures outlasted the retries: sent to a retry topic
 
 
 class Pipeline:
@@ -68,6 +71,7 @@ class Pipeline:
         throttle: Throttle,
         tracer: Tracer,
         retry: RetryPolicy,
+        schedule: RetrySchedule,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -79,6 +83,7 @@ class Pipeline:
         self._throttle = throttle
         self._tracer = tracer
         self._retry = retry
+        self._schedule = schedule
 
     async def handle(self, record: ConsumerRecord) -> Outcome:
         """Process one record until it is done; see the module docstring for what propagates."""
@@ -121,7 +126,7 @@ class Pipeline:
                 raise
             log.exception("internal error on id=%s; dead-lettering it", request.id)
             error = InternalError(one_line(f"{type(exc).__name__}: {exc}"))
-        await self._dead_letter(record, span, error, attempts=0)
+        await self._dead_letter(record, span, error, attempts=self._schedule.carried_attempts(record))
         return Outcome.DEAD_LETTERED
 
     async def _moderate(
@@ -131,27 +136,55 @@ class Pipeline:
         if isinstance(lease, bytes):
             await self._publish(request.id, lease, span)
             return Outcome.DUPLICATE
+        carried = self._schedule.carried_attempts(record)  # guard calls of earlier retry hops
         stored: bytes | None = None
         try:
             with self._leases.holding(lease):
                 try:
                     verdict, attempts = await self._guard_until_answered(request)
                 except GuardCallFailed as failed:
-                    if failed.error.fatal:
-                        raise failed.error from failed
-                    log.warning(
-                        "dead-lettering id=%s after %d attempt(s): %s", request.id, failed.attempts, failed
-                    )
-                    await self._dead_letter(record, span, failed.error, attempts=failed.attempts)
-                    return Outcome.DEAD_LETTERED
-                document = self._verdict(request, verdict, span, attempts, started).to_json()
+                    return await self._on_guard_failure(record, span, failed, carried + failed.attempts)
+                document = self._verdict(request, verdict, span, carried + attempts, started).to_json()
                 stored = await self._store_verdict(lease, document)
         finally:
             if stored is None:  # no verdict stored: free the id for the next delivery at once
                 await self._release_quietly(lease)
         await self._publish(request.id, stored, span)
-        log.debug("verdict id=%s label=%s attempts=%d", request.id, verdict.label, attempts)
+        log.debug("verdict id=%s label=%s attempts=%d", request.id, verdict.label, carried + attempts)
         return Outcome.MODERATED
+
+    async def _on_guard_failure(
+        self, record: ConsumerRecord, span: Span, failed: GuardCallFailed, attempts: int
+    ) -> Outcome:
+        """Failed for good in process: fatal → raise; transient → the next retry topic while the schedule
+        has one; otherwise (permanent, or the schedule is used up) → dead letter."""
+        if failed.error.fatal:
+            raise failed.error from failed
+        hop = self._schedule.next_hop(record) if failed.exhausted else None
+        if hop is not None:
+            log.info(
+                "retrying %s/%d@%d in %g s via %s after %d attempt(s): %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                hop.delay_s,
+                hop.topic,
+                attempts,
+                failed.error,
+            )
+            await self._outbox.retry_later(record, span, failed.error, attempts=attempts, hop=hop)
+            span.set_attribute("guardq.retry.hop", hop.number)
+            return Outcome.RETRY_SCHEDULED
+        log.warning(
+            "dead-lettering %s/%d@%d after %d attempt(s): %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            attempts,
+            failed.error,
+        )
+        await self._dead_letter(record, span, failed.error, attempts=attempts)
+        return Outcome.DEAD_LETTERED
 
     async def _store_verdict(self, lease: Lease, document: bytes) -> bytes:
         """Store the verdict, waiting out a Redis outage here rather than calling the guard again.
