@@ -14,6 +14,7 @@ class BuggyBackend:
     """Answers every text, except that it trips over one of them with a plain Python error."""
 
     model = "buggy-test-backend"
+    context_window = None
 
     async def start(self) -> None:
         return None

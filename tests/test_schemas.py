@@ -105,7 +105,7 @@ def test_response_verdict_from_the_code_matches_the_verdict_schema(
 def test_verdict_with_a_field_added_by_a_later_version_still_validates(span_factory: Any) -> None:
     with span_factory("moderate") as span:
         document = json.loads(_verdict(span, refusal=None, metadata={}).to_json())
-    document["chunks"] = [{"label": "safe"}]
+    document["scores"] = [{"label": "safe"}]
     assert _errors("verdict", document) == []
 
 

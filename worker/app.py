@@ -20,6 +20,7 @@ from worker.breaker import CircuitBreaker
 from worker.consumer import FetchLoop
 from worker.errors import GuardError
 from worker.guard.base import GuardBackend, build_backend
+from worker.guardcall import GuardCaller
 from worker.limiter import ConcurrencyLimiter
 from worker.outbox import Outbox
 from worker.pipeline import Pipeline
@@ -76,21 +77,27 @@ class Worker:
             leases = LeaseKeeper(store)
             breaker = self.breaker
             schedule = RetrySchedule.from_settings(settings)
+            caller = GuardCaller(
+                guard,
+                limiter=self.limiter,
+                breaker=breaker,
+                throttle=self.throttle,
+                retry=RetryPolicy(
+                    max_attempts=settings.guard_attempts, max_total_s=2 * settings.guard_timeout_s + 10
+                ),
+                tracer=tracer,
+                store=store,
+                chunk_chars=settings.chunk_chars,
+            )
             pipeline = Pipeline(
                 settings,
                 store=store,
                 leases=leases,
-                guard=guard,
-                limiter=self.limiter,
-                breaker=breaker,
-                throttle=self.throttle,
+                caller=caller,
                 outbox=Outbox(
                     producer, tracer, verdict_topic=settings.verdict_topic, dlq_topic=settings.dlq_topic
                 ),
                 tracer=tracer,
-                retry=RetryPolicy(
-                    max_attempts=settings.guard_attempts, max_total_s=2 * settings.guard_timeout_s + 10
-                ),
                 schedule=schedule,
             )
             consumer = kafka.make_consumer(settings, group_id=settings.group_id)

@@ -152,6 +152,7 @@ class Verdict:
     latency_ms: float
     processed_at: str
     metadata: dict[str, Any]
+    chunks: int = 1
 
     def to_json(self) -> bytes:
         """Compact UTF-8 JSON."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import functools
 import logging
 import time
 
@@ -27,17 +26,15 @@ from opentelemetry.trace import Span, SpanKind, Tracer
 from redis.exceptions import RedisError
 
 from worker import tracing
-from worker.breaker import CircuitBreaker
-from worker.errors import GuardError, GuardqError, InternalError, InvalidInput, is_infrastructure, one_line
-from worker.guard.base import GuardBackend, GuardVerdict
-from worker.limiter import ConcurrencyLimiter
+from worker.errors import GuardqError, InternalError, InvalidInput, is_infrastructure, one_line
+from worker.guardcall import Answer, GuardCaller
 from worker.messages import ModerationRequest, Verdict, parse_request, utc_now_rfc3339
 from worker.outbox import Outbox
-from worker.retry import GuardCallFailed, RetryPolicy
+from worker.replay import is_forced
+from worker.retry import GuardCallFailed
 from worker.schedule import RetrySchedule
 from worker.settings import Settings
 from worker.store import ClaimState, Lease, LeaseKeeper, VerdictStore
-from worker.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -64,25 +61,17 @@ class Pipeline:
         *,
         store: VerdictStore,
         leases: LeaseKeeper,
-        guard: GuardBackend,
-        limiter: ConcurrencyLimiter,
+        caller: GuardCaller,
         outbox: Outbox,
-        breaker: CircuitBreaker,
-        throttle: Throttle,
         tracer: Tracer,
-        retry: RetryPolicy,
         schedule: RetrySchedule,
     ) -> None:
         self._settings = settings
         self._store = store
         self._leases = leases
-        self._guard = guard
-        self._limiter = limiter
+        self._caller = caller
         self._outbox = outbox
-        self._breaker = breaker
-        self._throttle = throttle
         self._tracer = tracer
-        self._retry = retry
         self._schedule = schedule
 
     async def handle(self, record: ConsumerRecord) -> Outcome:
@@ -132,7 +121,8 @@ class Pipeline:
     async def _moderate(
         self, record: ConsumerRecord, request: ModerationRequest, span: Span, started: float
     ) -> Outcome:
-        lease = await self._wait_for_lease(request.id)
+        forced = is_forced(record.headers or ())  # `guardq dlq replay --force`: moderate again, overwrite
+        lease = await self._wait_for_lease(request.id, force=forced)
         if isinstance(lease, bytes):
             await self._publish(request.id, lease, span)
             return Outcome.DUPLICATE
@@ -141,16 +131,16 @@ class Pipeline:
         try:
             with self._leases.holding(lease):
                 try:
-                    verdict, attempts = await self._guard_until_answered(request)
+                    answer = await self._caller.answer(request.id, request.guard_request())
                 except GuardCallFailed as failed:
                     return await self._on_guard_failure(record, span, failed, carried + failed.attempts)
-                document = self._verdict(request, verdict, span, carried + attempts, started).to_json()
-                stored = await self._store_verdict(lease, document)
+                document = self._verdict(request, answer, span, carried, started).to_json()
+                stored = await self._store_verdict(lease, document, overwrite=forced)
         finally:
             if stored is None:  # no verdict stored: free the id for the next delivery at once
                 await self._release_quietly(lease)
         await self._publish(request.id, stored, span)
-        log.debug("verdict id=%s label=%s attempts=%d", request.id, verdict.label, carried + attempts)
+        log.debug("verdict id=%s label=%s", request.id, answer.verdict.label)
         return Outcome.MODERATED
 
     async def _on_guard_failure(
@@ -186,7 +176,7 @@ class Pipeline:
         await self._dead_letter(record, span, failed.error, attempts=attempts)
         return Outcome.DEAD_LETTERED
 
-    async def _store_verdict(self, lease: Lease, document: bytes) -> bytes:
+    async def _store_verdict(self, lease: Lease, document: bytes, *, overwrite: bool) -> bytes:
         """Store the verdict, waiting out a Redis outage here rather than calling the guard again.
         Returns what is stored: ours, or the verdict of a worker that took over a lost lease first."""
         backoff_s = 0.2
@@ -194,7 +184,7 @@ class Pipeline:
             span.set_attribute("db.system.name", "redis")
             while True:
                 try:
-                    return await self._store.save(lease, document)
+                    return await self._store.save(lease, document, overwrite=overwrite)
                 except Exception as exc:
                     if not is_infrastructure(exc):
                         raise
@@ -216,11 +206,12 @@ class Pipeline:
                 "could not release the lease of id=%s (%s); it expires by itself", lease.message_id, exc
             )
 
-    async def _wait_for_lease(self, message_id: str) -> Lease | bytes:
-        """Take the in-flight lease, or return the stored verdict. Waits while another delivery holds it."""
+    async def _wait_for_lease(self, message_id: str, *, force: bool) -> Lease | bytes:
+        """Take the in-flight lease, or return the stored verdict (ignored with ``force``). Waits while
+        another delivery holds the lease."""
         poll_s = LEASE_POLL_MIN_S
         while True:
-            claim, lease = await self._store.claim(message_id)
+            claim, lease = await self._store.claim(message_id, force=force)
             if claim.state is ClaimState.ACQUIRED and lease is not None:
                 return lease
             if claim.state is ClaimState.VERDICT and claim.verdict is not None:
@@ -230,41 +221,10 @@ class Pipeline:
             await asyncio.sleep(min(poll_s, max(claim.lease_ttl_ms / 1000, 0.01)))
             poll_s = min(poll_s * 2, LEASE_POLL_MAX_S)
 
-    async def _guard_until_answered(self, request: ModerationRequest) -> tuple[GuardVerdict, int]:
-        """Guard calls under the retry policy; when the retries end because the circuit opened (the guard
-        is down, not this message's fault), wait for it to close and go on with a fresh budget."""
-        made = 0
-        while True:
-            try:
-                verdict, attempts = await self._retry.call(
-                    functools.partial(self._call_guard, request, made), hold=lambda: self._breaker.is_open
-                )
-                return verdict, made + attempts
-            except GuardCallFailed as failed:
-                made += failed.attempts
-                if not (failed.exhausted and self._breaker.is_open):
-                    raise GuardCallFailed(failed.error, made) from failed.error
-
-    async def _call_guard(self, request: ModerationRequest, made_before: int, attempt: int) -> GuardVerdict:
-        await self._breaker.admit()  # while the circuit is open this waits: no attempt is spent
-        await self._throttle.wait()  # inside a 429's Retry-After window nobody calls
-        async with self._limiter.slot():
-            with self._tracer.start_as_current_span("guard moderate", kind=SpanKind.CLIENT) as span:
-                span.set_attribute("guardq.guard.model", self._guard.model)
-                span.set_attribute("guardq.attempt", made_before + attempt)
-                try:
-                    verdict = await self._guard.moderate(request.guard_request())
-                except GuardError as exc:
-                    self._breaker.record(success=not exc.retriable)  # a 400 is an answer: the guard is up
-                    if exc.status == 429:
-                        self._throttle.hold_for(exc.retry_after_s)
-                    raise
-                self._breaker.record(success=True)
-                return verdict
-
     def _verdict(
-        self, request: ModerationRequest, verdict: GuardVerdict, span: Span, attempts: int, started: float
+        self, request: ModerationRequest, answer: Answer, span: Span, carried: int, started: float
     ) -> Verdict:
+        verdict = answer.verdict
         return Verdict(
             id=request.id,
             label=verdict.label,
@@ -272,7 +232,8 @@ class Pipeline:
             refusal=verdict.refusal if request.kind == "response" else None,
             model=verdict.model,
             trace_id=tracing.trace_id_hex(span),
-            attempts=attempts,
+            attempts=carried + answer.attempts,
+            chunks=answer.chunks,
             latency_ms=round((time.monotonic() - started) * 1000, 3),
             processed_at=utc_now_rfc3339(),
             metadata=request.metadata,

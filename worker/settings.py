@@ -52,6 +52,12 @@ def _replication(raw: str) -> int | None:
     return _positive_int(raw)
 
 
+def _auto_or_positive_int(raw: str) -> int | None:
+    if raw.strip().lower() == "auto":
+        return None
+    return _positive_int(raw)
+
+
 def _text(raw: str) -> str:
     if not raw.strip():
         raise ValueError("must not be empty")
@@ -159,6 +165,13 @@ SPECS: tuple[Spec, ...] = (
     Spec(
         "max_text_chars", "GUARDQ_MAX_TEXT_CHARS", "100000", _positive_int, "longer texts are dead-lettered"
     ),
+    Spec(
+        "chunk_chars",
+        "GUARDQ_CHUNK_CHARS",
+        "auto",
+        _auto_or_positive_int,
+        "chars per guard call before a text is split (auto: from the guard's context window)",
+    ),
     Spec("topic_partitions", "GUARDQ_TOPIC_PARTITIONS", "8", _positive_int, "partitions of created topics"),
     Spec("topic_replication", "GUARDQ_TOPIC_REPLICATION", "auto", _replication, "replicas of created topics"),
     Spec("verdict_ttl_s", "GUARDQ_VERDICT_TTL_S", "604800", _positive_int, "verdict TTL (dedup window)"),
@@ -204,6 +217,7 @@ class Settings:
     group_id: str
     concurrency: int
     max_text_chars: int
+    chunk_chars: int | None
     topic_partitions: int
     topic_replication: int | None
     verdict_ttl_s: int

@@ -2,16 +2,22 @@
 
 Keys (``P`` = GUARDQ_REDIS_PREFIX):
 - ``P verdict:<id>``  the verdict JSON, TTL = GUARDQ_VERDICT_TTL_S (the deduplication window);
-- ``P lease:<id>``    the token of the worker moderating ``id`` now; short TTL, renewed by its holder.
+- ``P lease:<id>``    the token of the worker moderating ``id`` now; short TTL, renewed by its holder;
+- ``P chunk:<id>#chunk<i>/<n>``  the guard verdict of chunk i of n of a long text, so a redelivery does not
+  pay for it again; TTL one day (or the verdict TTL, if shorter);
+- ``P dlq:replayed``  a hash, field ``<dlq topic>/<partition>/<offset>`` per dead letter `guardq dlq replay`
+  republished, value JSON ``{"at": rfc3339, "replay_count": n, "forced": bool}``; no TTL, never pruned
+  (one small field per replayed dead letter), so ``dlq list --pending`` knows what is left.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -20,20 +26,28 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
+CHUNK_TTL_S = 86_400
+
 # One round trip: a stored verdict wins; else take the lease if free; else report who holds it for how long.
+# ARGV[3] = '1' (a forced replay) ignores the stored verdict: the message is moderated again.
 _CLAIM = """
-local verdict = redis.call('GET', KEYS[1])
-if verdict then return {1, verdict} end
+if ARGV[3] ~= '1' then
+  local verdict = redis.call('GET', KEYS[1])
+  if verdict then return {1, verdict} end
+end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, ''} end
 return {3, tostring(redis.call('PTTL', KEYS[2]))}
 """
 
 # Store the verdict and drop our lease together, so no reader sees neither. The first verdict wins:
 # if another worker took over a lease we lost and stored first, its verdict is returned instead.
+# ARGV[4] = '1' (a forced replay) overwrites whatever is stored: the new verdict is the one kept.
 _SAVE = """
 if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
-local existing = redis.call('GET', KEYS[1])
-if existing then return existing end
+if ARGV[4] ~= '1' then
+  local existing = redis.call('GET', KEYS[1])
+  if existing then return existing end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return false
 """
@@ -73,6 +87,70 @@ async def delete_prefix(url: str, prefix: str, *, batch: int = 5000) -> int:
     finally:
         await client.aclose()
     return deleted
+
+
+def verdict_key(prefix: str, message_id: str) -> str:
+    """The key of ``message_id``'s stored verdict."""
+    return f"{prefix}verdict:{message_id}"
+
+
+def replayed_key(prefix: str) -> str:
+    """The hash of dead letters `guardq dlq replay` republished (see the module docstring)."""
+    return f"{prefix}dlq:replayed"
+
+
+def replayed_field(dlq_topic: str, partition: int, offset: int) -> str:
+    """The field of one dead letter in the replayed hash."""
+    return f"{dlq_topic}/{partition}/{offset}"
+
+
+@dataclass(frozen=True)
+class ReplayMark:
+    """What the replayed hash records of one republished dead letter."""
+
+    at: str  # RFC 3339 UTC, when the broker acknowledged the republish
+    replay_count: int  # the republished record's guardq.replay_count
+    forced: bool
+
+    def to_json(self) -> str:
+        return json.dumps({"at": self.at, "replay_count": self.replay_count, "forced": self.forced})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> ReplayMark:
+        document = json.loads(raw)
+        return cls(str(document["at"]), int(document["replay_count"]), bool(document["forced"]))
+
+
+async def ids_with_verdict(redis: Redis, prefix: str, ids: Iterable[str], *, batch: int = 500) -> set[str]:
+    """Which of ``ids`` have a stored verdict (MGET in batches of ``batch``)."""
+    wanted = list(dict.fromkeys(ids))
+    found: set[str] = set()
+    for start in range(0, len(wanted), batch):
+        chunk = wanted[start : start + batch]
+        values = await redis.mget([verdict_key(prefix, message_id) for message_id in chunk])
+        found.update(message_id for message_id, value in zip(chunk, values, strict=True) if value is not None)
+    return found
+
+
+async def replay_marks(
+    redis: Redis, prefix: str, fields: Iterable[str], *, batch: int = 500
+) -> dict[str, ReplayMark]:
+    """The replay marks of those ``fields`` (see ``replayed_field``) that were replayed (HMGET in batches)."""
+    wanted = list(dict.fromkeys(fields))
+    found: dict[str, ReplayMark] = {}
+    for start in range(0, len(wanted), batch):
+        chunk = wanted[start : start + batch]
+        values = await redis.hmget(replayed_key(prefix), chunk)
+        found.update(
+            (name, ReplayMark.from_json(value)) for name, value in zip(chunk, values, strict=True) if value
+        )
+    return found
+
+
+async def mark_replayed(redis: Redis, prefix: str, marks: Mapping[str, ReplayMark]) -> None:
+    """Record dead letters as replayed (one HSET); call only once the broker acknowledged each one."""
+    if marks:
+        await redis.hset(replayed_key(prefix), mapping={name: mark.to_json() for name, mark in marks.items()})
 
 
 class ClaimState(enum.Enum):
@@ -116,27 +194,36 @@ class VerdictStore:
         return self._lease_ttl_ms / 1000
 
     def verdict_key(self, message_id: str) -> str:
-        return f"{self._prefix}verdict:{message_id}"
+        return verdict_key(self._prefix, message_id)
 
     def lease_key(self, message_id: str) -> str:
         return f"{self._prefix}lease:{message_id}"
 
-    async def claim(self, message_id: str) -> tuple[Claim, Lease | None]:
-        """Look up the verdict and, if there is none, try to take the in-flight lease."""
+    async def claim(self, message_id: str, *, force: bool = False) -> tuple[Claim, Lease | None]:
+        """Look up the verdict and, if there is none, try to take the in-flight lease. With ``force``
+        (a forced replay) a stored verdict is ignored and only the lease decides."""
         token = uuid.uuid4().hex
         keys = [self.verdict_key(message_id), self.lease_key(message_id)]
-        code, payload = await self._claim(keys=keys, args=[token, self._lease_ttl_ms])
+        args: list[str | int] = [token, self._lease_ttl_ms, "1" if force else "0"]
+        code, payload = await self._claim(keys=keys, args=args)
         if code == 1:
             return Claim(ClaimState.VERDICT, verdict=bytes(payload)), None
         if code == 2:
             return Claim(ClaimState.ACQUIRED), Lease(message_id, token)
         return Claim(ClaimState.BUSY, lease_ttl_ms=max(0, int(payload))), None
 
-    async def save(self, lease: Lease, verdict_json: bytes) -> bytes:
+    async def save(self, lease: Lease, verdict_json: bytes, *, overwrite: bool = False) -> bytes:
         """Store the verdict with its TTL and release the lease; returns the verdict that is stored
-        (``verdict_json``, or one stored first by a worker that took over a lost lease)."""
+        (``verdict_json``, or one stored first by a worker that took over a lost lease). With
+        ``overwrite`` (a forced replay) ``verdict_json`` replaces any stored verdict."""
         keys = [self.verdict_key(lease.message_id), self.lease_key(lease.message_id)]
-        existing = await self._save(keys=keys, args=[verdict_json, self._verdict_ttl_s, lease.token])
+        args: list[bytes | str | int] = [
+            verdict_json,
+            self._verdict_ttl_s,
+            lease.token,
+            "1" if overwrite else "0",
+        ]
+        existing = await self._save(keys=keys, args=args)
         if existing is None:
             return verdict_json
         return existing if isinstance(existing, bytes) else str(existing).encode()
@@ -156,6 +243,20 @@ class VerdictStore:
     async def release(self, lease: Lease) -> None:
         """Give the lease up without a verdict (the message was dead-lettered or the work dropped)."""
         await self._release(keys=[self.lease_key(lease.message_id)], args=[lease.token])
+
+    def chunk_key(self, key: str) -> str:
+        return f"{self._prefix}chunk:{key}"
+
+    async def load_chunks(self, keys: list[str]) -> list[bytes | None]:
+        """The stored verdicts of chunks (``worker.chunking.chunk_key``), None where there is none yet."""
+        values = await self._redis.mget([self.chunk_key(key) for key in keys])
+        return [
+            value if value is None or isinstance(value, bytes) else str(value).encode() for value in values
+        ]
+
+    async def save_chunk(self, key: str, verdict_json: bytes) -> None:
+        """Keep one chunk's verdict until the message's own verdict is stored (a day at most)."""
+        await self._redis.set(self.chunk_key(key), verdict_json, ex=min(self._verdict_ttl_s, CHUNK_TTL_S))
 
 
 class LeaseKeeper:

@@ -117,6 +117,11 @@ class LocalBackend(AsyncLifecycle):
     async def check(self) -> None:
         """Nothing to check: the classifier ships inside the installed wheel."""
 
+    @property
+    def context_window(self) -> int | None:
+        """None: the classifier takes any length (texts are bounded by GUARDQ_MAX_TEXT_CHARS)."""
+        return None
+
     async def moderate(self, request: GuardRequest) -> GuardVerdict:
         """Classify the request's text (the response text, for responses); refusal is always None."""
         if self._task is None:

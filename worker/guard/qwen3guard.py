@@ -17,6 +17,7 @@ from opentelemetry.propagate import inject
 from worker.errors import GuardBadReply, GuardConfigError, GuardError, GuardTimeout, GuardUnavailable
 from worker.guard.base import AsyncLifecycle, GuardRequest, GuardVerdict
 from worker.guard.qwen3guard_parse import (
+    context_window,
     error_for_status,
     error_message,
     model_ids,
@@ -62,6 +63,7 @@ class Qwen3GuardBackend(AsyncLifecycle):
         # For messages and logs: no user:password@ and no query string, where credentials may hide.
         self._shown_url = _without_credentials(self._base_url)
         self._model = model
+        self._context_window: int | None = None
         # The key is kept only to build the header and to scrub it from server-echoed messages.
         self._api_key = api_key or None
         self._timeout_s = timeout_s
@@ -137,6 +139,12 @@ class Qwen3GuardBackend(AsyncLifecycle):
                 f"guard model {self._model!r} is not served at {self._shown_url}; served: {listed}",
                 status=status,
             )
+        self._context_window = context_window(body, self._model)
+
+    @property
+    def context_window(self) -> int | None:
+        """The model's context window in tokens, as the server last reported it (None before that)."""
+        return self._context_window
 
     def _headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}

@@ -202,3 +202,17 @@ def model_ids(body: bytes) -> list[str] | None:
     if not isinstance(data, list):
         return None
     return [str(entry["id"]) for entry in data if isinstance(entry, dict) and "id" in entry]
+
+
+def context_window(body: bytes, model: str) -> int | None:
+    """The ``max_model_len`` vLLM reports for ``model`` in a ``GET /v1/models`` body, if it reports one."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    data = doc.get("data") if isinstance(doc, dict) else None
+    for entry in data if isinstance(data, list) else []:
+        if isinstance(entry, dict) and entry.get("id") == model:
+            window = entry.get("max_model_len")
+            return window if isinstance(window, int) and not isinstance(window, bool) and window > 0 else None
+    return None

@@ -1,0 +1,386 @@
+"""`guardq dlq replay`: republish chosen dead letters to the input topic for another try, each once.
+
+A replayed record carries the original key and value bytes, the original record's own headers, the
+original ``traceparent`` (so the verdict reports the publisher's trace id), the envelope's coordinates and
+history, ``guardq.replay_count`` + 1 and ``guardq.replayed_from``. It carries no attempt counter, error or
+retry-hop header: a replay starts a fresh retry budget. Which dead letters go is decided by ``plan``
+(pure); ``replay`` does the reading, the republishing and the bookkeeping in Redis (``store.py``): a dead
+letter is marked replayed only once the broker acknowledged its republished record, so the replayed set
+never names a record that was not sent. Nothing is ever deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import math
+import re
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from redis.asyncio import Redis
+
+from worker import kafka
+from worker.deadletters import DeadLetter, Filter, read_all
+from worker.dlq import (
+    H_FIRST_FAILED_AT,
+    H_HISTORY,
+    H_OFFSET,
+    H_PARTITION,
+    H_REPLAY_COUNT,
+    H_TIMESTAMP,
+    H_TOPIC,
+    H_TRACEPARENT,
+    HISTORY_LIMIT,
+    DeadLetterEnvelope,
+    Headers,
+    carried_headers,
+)
+from worker.messages import utc_now_rfc3339
+from worker.outbox import H_VALUE_TRUNCATED_FROM
+from worker.settings import Settings
+from worker.store import (
+    ReplayMark,
+    connect_redis,
+    ids_with_verdict,
+    mark_replayed,
+    replay_marks,
+    replayed_field,
+)
+
+H_FORCE = "guardq.force"  # "1": moderate again even if a verdict is stored, and overwrite it
+H_REPLAYED_FROM = "guardq.replayed_from"  # "<dlq partition>:<offset>" of the dead letter replayed
+
+# Republished records in flight before their acknowledgements are awaited and marked in one HSET.
+BATCH = 100
+
+__all__ = ["H_FORCE", "H_REPLAYED_FROM", "Plan", "ReplayOptions", "Skip", "Summary", "is_forced", "replay"]
+
+
+def is_forced(headers: Iterable[tuple[str, bytes | None]] | None) -> bool:
+    """Whether a record's headers ask for a forced replay (moderate again, overwrite the verdict)."""
+    return any(name == H_FORCE and value == b"1" for name, value in headers or ())
+
+
+class Skip(enum.Enum):
+    """Why a selected dead letter is not replayed, in the order the causes are checked."""
+
+    NOT_GUARDQ = "not_guardq"  # its headers are not guardq's envelope: where it came from is unknown
+    VALUE_TRUNCATED = "value_truncated"  # the DLQ kept only a prefix of the value: replaying it would lie
+    ALREADY_REPLAYED = "already_replayed"  # replayed before (see `dlq list --pending`)
+    MAX_REPLAYS = "max_replays"  # replayed GUARDQ_MAX_REPLAYS times already: the loop guard
+    HAS_VERDICT = "has_verdict"  # its id has a verdict now (replay with --force to moderate it again)
+    DUPLICATE_ID = "duplicate_id"  # a newer dead letter of the same id goes in this run
+    OVER_MAX = "over_max"  # eligible, but --max was reached
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The outcome of selection: the dead letters to replay, in order, and each skipped one's cause."""
+
+    eligible: tuple[DeadLetter, ...]
+    skipped: tuple[tuple[DeadLetter, Skip], ...]
+
+    def skip_counts(self) -> dict[str, int]:
+        """How many were skipped for each cause, in the order of ``Skip``."""
+        counts = Counter(cause for _, cause in self.skipped)
+        return {cause.value: counts[cause] for cause in Skip if counts[cause]}
+
+
+def skip_cause(
+    letter: DeadLetter, *, replayed: bool, has_verdict: bool, max_replays: int, force: bool
+) -> Skip | None:
+    """Why ``letter`` may not be replayed, or None when it may."""
+    envelope = letter.envelope
+    if envelope is None:
+        return Skip.NOT_GUARDQ
+    if any(name == H_VALUE_TRUNCATED_FROM for name, _ in letter.headers):
+        return Skip.VALUE_TRUNCATED
+    if replayed:
+        return Skip.ALREADY_REPLAYED
+    if envelope.replay_count >= max_replays:
+        return Skip.MAX_REPLAYS
+    if has_verdict and not force:
+        return Skip.HAS_VERDICT
+    return None
+
+
+def plan(
+    letters: Sequence[DeadLetter],
+    *,
+    replayed: Collection[str],
+    with_verdict: Collection[str],
+    dlq_topic: str,
+    max_replays: int,
+    force: bool = False,
+    limit: int | None = None,
+) -> Plan:
+    """Decide which of the (already filtered) ``letters`` to replay. ``replayed`` holds the replayed-hash
+    fields (``store.replayed_field``), ``with_verdict`` the ids that have a verdict. Of several eligible
+    dead letters of one id only the newest goes; ``limit`` bounds how many go, oldest first."""
+    causes: dict[int, Skip] = {}
+    seen_ids: set[str] = set()
+    for index in reversed(range(len(letters))):  # newest first, so the newest of an id wins
+        letter = letters[index]
+        cause = skip_cause(
+            letter,
+            replayed=replayed_field(dlq_topic, letter.partition, letter.offset) in replayed,
+            has_verdict=bool(letter.message_id) and letter.message_id in with_verdict,
+            max_replays=max_replays,
+            force=force,
+        )
+        if cause is None and letter.message_id:  # an empty id (no key, no JSON id) names nothing
+            if letter.message_id in seen_ids:
+                cause = Skip.DUPLICATE_ID
+            seen_ids.add(letter.message_id)
+        if cause is not None:
+            causes[index] = cause
+    eligible: list[DeadLetter] = []
+    for index, letter in enumerate(letters):
+        if index not in causes and limit is not None and len(eligible) >= limit:
+            causes[index] = Skip.OVER_MAX
+        elif index not in causes:
+            eligible.append(letter)
+    skipped = tuple((letters[index], causes[index]) for index in sorted(causes))
+    return Plan(tuple(eligible), skipped)
+
+
+def replay_headers(letter: DeadLetter, envelope: DeadLetterEnvelope, *, force: bool) -> Headers:
+    """The headers of ``letter``'s republished record (see the module docstring for what goes and why)."""
+    pairs = [
+        (H_TOPIC, envelope.original_topic),
+        (H_PARTITION, str(envelope.original_partition)),
+        (H_OFFSET, str(envelope.original_offset)),
+        (H_TIMESTAMP, envelope.original_timestamp),
+        (H_FIRST_FAILED_AT, envelope.first_failed_at),
+        (H_HISTORY, json.dumps(list(envelope.history[-HISTORY_LIMIT:]), separators=(",", ":"))),
+        (H_REPLAY_COUNT, str(envelope.replay_count + 1)),
+        (H_REPLAYED_FROM, letter.coordinates),
+    ]
+    if force:
+        pairs.append((H_FORCE, "1"))
+    if envelope.traceparent:
+        pairs.append((H_TRACEPARENT, envelope.traceparent))
+    return carried_headers(letter.headers) + [(name, value.encode("utf-8")) for name, value in pairs]
+
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*s)?\s*$")
+
+
+def parse_rate(raw: str) -> float:
+    """``--rate`` as records per second: ``50/s`` or ``50`` (a positive number); ValueError otherwise."""
+    match = _RATE.match(raw)
+    value = float(match.group(1)) if match else 0.0
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{raw!r} is not a rate like 50/s (records per second, more than 0)")
+    return value
+
+
+class Pacer:
+    """Sleep pacing: each ``wait`` returns at least ``1/rate`` seconds after the previous one, with no
+    burst beyond one record, so --rate bounds the republish rate at every moment, not just on average."""
+
+    def __init__(
+        self,
+        rate_per_s: float | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._interval_s = 0.0 if rate_per_s is None else 1.0 / rate_per_s
+        self._clock = clock
+        self._sleep = sleep
+        self._next_at: float | None = None
+
+    async def wait(self) -> None:
+        """Return when the next record may go."""
+        if self._interval_s == 0.0:
+            return
+        now = self._clock()
+        if self._next_at is not None and now < self._next_at:
+            await self._sleep(self._next_at - now)
+            now = self._next_at
+        self._next_at = now + self._interval_s
+
+
+class Progress:
+    """A progress bar on a terminal (redrawn in place), or a plain line at every tenth when not a TTY."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: TextIO | None, total: int, *, tty: bool | None = None) -> None:
+        self._stream = stream
+        self._total = total
+        self._done = 0
+        self._tty = bool(tty if tty is not None else stream is not None and stream.isatty())
+        self._last_tenth = 0
+
+    def advance(self, count: int) -> None:
+        """``count`` more records were replayed."""
+        self._done += count
+        if self._stream is None or self._total == 0:
+            return
+        if self._tty:
+            filled = self.WIDTH * self._done // self._total
+            bar = "#" * filled + "." * (self.WIDTH - filled)
+            self._stream.write(f"\rreplaying [{bar}] {self._done}/{self._total}")
+        else:
+            tenth = 10 * self._done // self._total
+            if tenth == self._last_tenth:
+                return
+            self._last_tenth = tenth
+            self._stream.write(f"replayed {self._done}/{self._total}\n")
+        self._stream.flush()
+
+    def close(self) -> None:
+        """End the bar's line (a terminal's cursor would otherwise stay on it)."""
+        if self._stream is not None and self._tty and self._total:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """What `guardq dlq replay` was asked to do."""
+
+    filter: Filter = field(default_factory=Filter)
+    limit: int | None = None
+    force: bool = False
+    dry_run: bool = False
+    rate_per_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a replay did (or, with --dry-run, would do)."""
+
+    topic: str
+    plan: Plan
+    replayed: int
+    dry_run: bool
+
+    def lines(self) -> list[str]:
+        """The summary as printed: one line per replayed dead letter in a dry run, then the counts."""
+        lines = []
+        if self.dry_run:
+            for letter in self.plan.eligible:
+                count = letter.envelope.replay_count + 1 if letter.envelope else 1
+                reason = letter.envelope.error_reason if letter.envelope else "-"
+                lines.append(f"would replay {letter.coordinates} id={letter.message_id} {reason} #{count}")
+        verb = "would replay" if self.dry_run else "replayed"
+        lines.append(f"{verb} {len(self.plan.eligible) if self.dry_run else self.replayed} to {self.topic}")
+        counts = self.plan.skip_counts()
+        lines.append(f"skipped {sum(counts.values())}")
+        lines.extend(f"  {cause:<18} {count}" for cause, count in counts.items())
+        return lines
+
+
+async def replay(settings: Settings, options: ReplayOptions, *, progress: TextIO | None = None) -> Summary:
+    """Read the DLQ to its end, choose (``plan``) and republish to the input topic; see the module
+    docstring. Progress goes to ``progress``; raises if the broker refuses a record (those acknowledged
+    before are marked)."""
+    letters = [letter for letter in await read_all(settings) if options.filter.matches(letter)]
+    # Oldest first across partitions (by when each was dead-lettered), so --max takes the oldest.
+    letters.sort(key=lambda x: (x.timestamp_ms, x.partition, x.offset))
+    redis = connect_redis(settings.redis_url, max_connections=2)
+    try:
+        fields = [replayed_field(settings.dlq_topic, x.partition, x.offset) for x in letters]
+        marks = await replay_marks(redis, settings.redis_prefix, fields)
+        ids = [x.message_id for x in letters if x.message_id]
+        with_verdict = await ids_with_verdict(redis, settings.redis_prefix, ids)
+        chosen = plan(
+            letters,
+            replayed=marks.keys(),
+            with_verdict=with_verdict,
+            dlq_topic=settings.dlq_topic,
+            max_replays=settings.max_replays,
+            force=options.force,
+            limit=options.limit,
+        )
+        sent = 0
+        if not options.dry_run and chosen.eligible:
+            sent = await _republish(settings, redis, chosen.eligible, options, progress)
+    finally:
+        await redis.aclose(close_connection_pool=True)
+    return Summary(settings.input_topic, chosen, sent, options.dry_run)
+
+
+async def pending(settings: Settings, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
+    """Those of ``letters`` that were not replayed yet (what `dlq list --pending` shows)."""
+    redis = connect_redis(settings.redis_url, max_connections=2)
+    try:
+        fields = [replayed_field(settings.dlq_topic, x.partition, x.offset) for x in letters]
+        marks = await replay_marks(redis, settings.redis_prefix, fields)
+    finally:
+        await redis.aclose(close_connection_pool=True)
+    return [x for x, name in zip(letters, fields, strict=True) if name not in marks]
+
+
+async def _republish(
+    settings: Settings,
+    redis: Redis,
+    letters: Sequence[DeadLetter],
+    options: ReplayOptions,
+    stream: TextIO | None,
+) -> int:
+    producer = kafka.make_producer(settings)
+    pacer = Pacer(options.rate_per_s)
+    progress = Progress(stream, len(letters))
+    # Under a low --rate a batch would take long to fill; mark at least about once a second instead.
+    batch = BATCH if options.rate_per_s is None else max(1, min(BATCH, int(options.rate_per_s)))
+    sent = 0
+    try:
+        await producer.start()
+        for start in range(0, len(letters), batch):
+            chunk = letters[start : start + batch]
+            results = await _send_chunk(producer, settings.input_topic, chunk, pacer, force=options.force)
+            marks = _marks_of_acknowledged(settings.dlq_topic, chunk, results, forced=options.force)
+            await mark_replayed(redis, settings.redis_prefix, marks)
+            sent += len(marks)
+            progress.advance(len(marks))
+            failed = next((r for r in results if isinstance(r, BaseException)), None)
+            if failed is not None:
+                raise failed
+    finally:
+        progress.close()
+        await producer.stop()
+    return sent
+
+
+async def _send_chunk(
+    producer: AIOKafkaProducer, topic: str, letters: Sequence[DeadLetter], pacer: Pacer, *, force: bool
+) -> list[object]:
+    """Send ``letters`` and await every acknowledgement: one result (metadata or exception) per letter.
+    A send refused at once ends the chunk; the letters after it count as failed with the same error."""
+    sends: list[asyncio.Future[object]] = []
+    refused: BaseException | None = None
+    for letter in letters:
+        await pacer.wait()
+        assert letter.envelope is not None  # plan() never chooses one without an envelope
+        headers = replay_headers(letter, letter.envelope, force=force)
+        try:
+            sends.append(await producer.send(topic, letter.value, key=letter.key, headers=headers))
+        except KafkaError as exc:  # e.g. too large for the client: nothing of it was sent
+            refused = exc
+            break
+    results: list[object] = list(await asyncio.gather(*sends, return_exceptions=True))
+    return results + [refused] * (len(letters) - len(results))
+
+
+def _marks_of_acknowledged(
+    dlq_topic: str, letters: Sequence[DeadLetter], results: Sequence[object], *, forced: bool
+) -> dict[str, ReplayMark]:
+    now = utc_now_rfc3339()
+    return {
+        replayed_field(dlq_topic, letter.partition, letter.offset): ReplayMark(
+            now, (letter.envelope.replay_count if letter.envelope else 0) + 1, forced
+        )
+        for letter, result in zip(letters, results, strict=True)
+        if not isinstance(result, BaseException)
+    }
