@@ -63,3 +63,33 @@ async def test_dlq_list_of_an_empty_dead_letter_topic_ends_by_itself(make_settin
     listed = await run_guardq(settings, "dlq", "list")
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.strip().splitlines()[-1] == "0 dead letter(s)"
+
+
+async def test_dlq_list_pending_leaves_out_what_was_replayed_and_nothing_is_deleted(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings()
+    async with running_worker(settings):
+        await publish_raw(settings, [(b"j1", b"{not json"), (b"j2", b"[1, 2")])
+        await collect(settings, settings.dlq_topic, count=2, timeout_s=30)
+
+    before = await run_guardq(settings, "dlq", "list", "--pending", "--json")
+    assert before.returncode == 0, before.stderr
+    assert sorted(json.loads(line)["id"] for line in before.stdout.splitlines()) == ["j1", "j2"]
+
+    replayed = await run_guardq(settings, "dlq", "replay", "--id", "j1")
+    assert replayed.returncode == 0, replayed.stderr
+    after = await run_guardq(settings, "dlq", "list", "--pending", "--json")
+    assert [json.loads(line)["id"] for line in after.stdout.splitlines()] == ["j2"]
+    pending_table = await run_guardq(settings, "dlq", "list", "--pending", "--reason", "invalid_json")
+    assert pending_table.stdout.strip().splitlines()[-1] == "1 dead letter(s)"
+    everything = await run_guardq(settings, "dlq", "list")
+    assert everything.stdout.strip().splitlines()[-1] == "2 dead letter(s)"
+
+
+async def test_dlq_list_with_a_bad_time_is_a_one_line_error(make_settings: SettingsFactory) -> None:
+    result = await run_guardq(make_settings(), "dlq", "list", "--since", "last tuesday")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "guardq dlq list: error: argument --since: 'last tuesday' is not an RFC 3339 time like 2026-11-23T13:00:00Z"
+    ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -15,8 +16,12 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from worker.settings import SPECS, Settings, SettingsError, add_flags, overrides_from
+
+if TYPE_CHECKING:
+    from worker.deadletters import DeadLetter
 
 log = logging.getLogger("guardq")
 
@@ -160,27 +165,72 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    """List or show dead letters (read-only)."""
-    import json
-
+    """List, show or replay dead letters (list and show are read-only; replay never deletes)."""
     from worker import deadletters
 
     settings = _settings(args)
-    letters = asyncio.run(deadletters.read_all(settings))
+    if args.action == "replay":
+        return _dlq_replay(settings, args)
+    try:
+        letters = asyncio.run(deadletters.read_all(settings))
+    except LookupError as exc:
+        raise UsageError(str(exc).strip("'\"")) from None
     if args.action == "show":
-        found = deadletters.find(letters, args.target)
-        if not found:
-            raise UsageError(f"no dead letter at {args.target!r} (give PARTITION:OFFSET or a message id)")
-        for letter in found:
-            print(json.dumps(deadletters.as_json(letter), ensure_ascii=False, indent=2))
-        return 0
+        return _dlq_show(letters, args.target)
     chosen = deadletters.select(letters, reason=args.reason, since=args.since, until=args.until)
+    if args.pending:
+        from worker import replay
+
+        chosen = asyncio.run(replay.pending(settings, chosen))
     if args.json:
         for letter in chosen:
             print(json.dumps(deadletters.as_json(letter), ensure_ascii=False))
     else:
         print(deadletters.table(chosen))
     return 0
+
+
+def _dlq_show(letters: list[DeadLetter], target: str) -> int:
+    from worker import deadletters
+
+    found = deadletters.find(letters, target)
+    if not found:
+        raise UsageError(f"no dead letter at {target!r} (give PARTITION:OFFSET or a message id)")
+    for letter in found:
+        print(json.dumps(deadletters.as_json(letter), ensure_ascii=False, indent=2))
+    return 0
+
+
+def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from worker import replay
+    from worker.deadletters import Filter
+
+    options = replay.ReplayOptions(
+        filter=Filter(
+            reason=args.reason,
+            since=args.since,
+            until=args.until,
+            error_class=args.error_class,
+            ids=frozenset(args.ids) if args.ids else None,
+        ),
+        limit=args.max,
+        force=args.force,
+        dry_run=args.dry_run,
+        rate_per_s=args.rate,
+    )
+    try:
+        summary = asyncio.run(replay.replay(settings, options, progress=sys.stderr))
+    except LookupError as exc:
+        raise UsageError(str(exc).strip("'\"")) from None
+    print("\n".join(summary.lines()))
+    return 0
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """A parser whose usage errors are one line (``guardq dlq replay: error: ...``) with exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _time(raw: str) -> datetime:
@@ -199,6 +249,60 @@ def _reason(raw: str) -> str:
     if raw not in REASONS:
         raise argparse.ArgumentTypeError(f"{raw!r} is not a reason; one of: {', '.join(REASONS)}")
     return raw
+
+
+def _rate(raw: str) -> float:
+    from worker.replay import parse_rate
+
+    try:
+        return parse_rate(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _count(raw: str) -> int:
+    if not (raw.isascii() and raw.isdigit()):
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number (0 or more)")
+    return int(raw)
+
+
+def _add_dlq_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dlq = _command(sub, "dlq", cmd_dlq, "inspect and replay the dead-letter topic")
+    dlq_sub = dlq.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_OneLineParser)
+    dlq_list = dlq_sub.add_parser("list", help="dead letters as a table (or JSON lines)")
+    dlq_list.add_argument("--pending", action="store_true", help="only those not replayed yet")
+    dlq_list.add_argument("--json", action="store_true", help="one JSON object a line")
+    dlq_show = dlq_sub.add_parser("show", help="one dead letter with its headers decoded")
+    dlq_show.add_argument("target", metavar="PARTITION:OFFSET|ID")
+    replay_help = "republish dead letters not replayed yet to the input topic (never deletes; never prompts)"
+    dlq_replay = dlq_sub.add_parser("replay", help=replay_help, description=replay_help)
+    dlq_replay.add_argument("--error-class", default=None, metavar="CLASS", help="only this error class")
+    dlq_replay.add_argument(
+        "--id",
+        dest="ids",
+        action="append",
+        default=None,
+        metavar="ID",
+        help="only this message id (repeatable)",
+    )
+    dlq_replay.add_argument("--max", type=_count, default=None, metavar="N", help="replay at most N")
+    dlq_replay.add_argument(
+        "--dry-run", action="store_true", help="show what would be replayed; send nothing"
+    )
+    dlq_replay.add_argument(
+        "--force", action="store_true", help="also ids that have a verdict: moderate again, overwrite it"
+    )
+    dlq_replay.add_argument(
+        "--rate", type=_rate, default=None, metavar="N/s", help="at most N records a second"
+    )
+    for selecting in (dlq_list, dlq_replay):
+        selecting.add_argument("--reason", type=_reason, default=None, help="only this reason")
+        selecting.add_argument(
+            "--since", type=_time, default=None, help="first failed at or after (RFC 3339)"
+        )
+        selecting.add_argument("--until", type=_time, default=None, help="first failed before (RFC 3339)")
+    for dlq_parser in (dlq_list, dlq_show, dlq_replay):
+        add_flags(dlq_parser, only=CONNECTION_FIELDS | {"redis_prefix", "max_replays"})
 
 
 # -- stack / demo / guard-sim -----------------------------------------------------------------------
@@ -280,17 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     topics.add_argument("action", choices=["create"], help="create the input, verdict, DLQ and retry topics")
     add_flags(topics, only=CONNECTION_FIELDS | {"topic_partitions", "topic_replication", "retry_schedule"})
 
-    dlq = _command(sub, "dlq", cmd_dlq, "inspect the dead-letter topic (read-only)")
-    dlq_sub = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
-    dlq_list = dlq_sub.add_parser("list", help="dead letters as a table (or JSON lines)")
-    dlq_list.add_argument("--reason", type=_reason, default=None, help="only this reason")
-    dlq_list.add_argument("--since", type=_time, default=None, help="first failed at or after (RFC 3339)")
-    dlq_list.add_argument("--until", type=_time, default=None, help="first failed before (RFC 3339)")
-    dlq_list.add_argument("--json", action="store_true", help="one JSON object a line")
-    dlq_show = dlq_sub.add_parser("show", help="one dead letter with its headers decoded")
-    dlq_show.add_argument("target", metavar="PARTITION:OFFSET|ID")
-    for dlq_parser in (dlq_list, dlq_show):
-        add_flags(dlq_parser, only=CONNECTION_FIELDS)
+    _add_dlq_commands(sub)
 
     stack = _command(sub, "stack", cmd_stack, "start/stop a local broker + Redis in the background")
     stack.add_argument("action", choices=["up", "down", "status"])

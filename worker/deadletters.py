@@ -1,4 +1,4 @@
-"""Reading the dead-letter topic for operators: `guardq dlq list` and `guardq dlq show`.
+"""Reading the dead-letter topic for operators: `guardq dlq list`, `guardq dlq show` and `guardq dlq replay`.
 
 The DLQ is read from the beginning up to each partition's highwater mark as learnt from a fetch (end
 offsets are unreliable on some brokers), so a listing ends by itself at the end of the topic.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -35,6 +35,7 @@ class DeadLetter:
     value: bytes | None
     envelope: DeadLetterEnvelope | None
     problem: str | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
     @property
     def message_id(self) -> str:
@@ -58,7 +59,14 @@ def _decode(record: ConsumerRecord) -> DeadLetter:
     except (ValueError, UnicodeDecodeError) as exc:
         envelope, problem = None, str(exc)
     return DeadLetter(
-        record.partition, record.offset, record.timestamp, record.key, record.value, envelope, problem
+        record.partition,
+        record.offset,
+        record.timestamp,
+        record.key,
+        record.value,
+        envelope,
+        problem,
+        headers=tuple(record.headers or ()),
     )
 
 
@@ -100,22 +108,47 @@ def _parse_time(raw: str) -> datetime:
 
 
 def select(
-    letters: Iterable[DeadLetter], *, reason: str | None, since: datetime | None, until: datetime | None
+    letters: Iterable[DeadLetter],
+    *,
+    reason: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    error_class: str | None = None,
+    ids: Collection[str] | None = None,
 ) -> list[DeadLetter]:
-    """The dead letters matching every given filter; times compare with when the message first failed."""
-    chosen = []
-    for letter in letters:
+    """The dead letters matching every given filter; times compare with when the message first failed.
+    ``ids`` (when given and not empty) keeps only those message ids."""
+    wanted = Filter(reason=reason, since=since, until=until, error_class=error_class, ids=ids or None)
+    return [letter for letter in letters if wanted.matches(letter)]
+
+
+@dataclass(frozen=True)
+class Filter:
+    """What `dlq list` and `dlq replay` select by; None means "any"."""
+
+    reason: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    error_class: str | None = None
+    ids: Collection[str] | None = None
+
+    def matches(self, letter: DeadLetter) -> bool:
+        """Whether ``letter`` passes every filter that is set."""
+        if self.ids is not None and letter.message_id not in self.ids:
+            return False
+        if self.reason is None and self.error_class is None and self.since is None and self.until is None:
+            return True
         envelope = letter.envelope
-        if reason is not None and (envelope is None or envelope.error_reason != reason):
-            continue
-        if since is not None or until is not None:
-            if envelope is None:
-                continue
-            failed_at = _parse_time(envelope.first_failed_at)
-            if (since is not None and failed_at < since) or (until is not None and failed_at >= until):
-                continue
-        chosen.append(letter)
-    return chosen
+        if envelope is None:
+            return False  # only the id filter can pick a dead letter whose headers are not guardq's
+        if self.reason is not None and envelope.error_reason != self.reason:
+            return False
+        if self.error_class is not None and envelope.error_class != self.error_class:
+            return False
+        failed_at = _parse_time(envelope.first_failed_at)
+        return (self.since is None or failed_at >= self.since) and (
+            self.until is None or failed_at < self.until
+        )
 
 
 def table(letters: list[DeadLetter]) -> str:
