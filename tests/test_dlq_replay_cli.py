@@ -12,8 +12,7 @@ from tests.conftest import SettingsFactory
 from tests.helpers import run_guardq
 from worker import kafka
 from worker.deadletters import read_all
-from worker.dlq import DeadLetterEnvelope
-from worker.replay import H_REPLAYED_FROM
+from worker.dlq import H_REPLAYED_FROM, DeadLetterEnvelope
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration

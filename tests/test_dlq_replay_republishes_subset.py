@@ -22,8 +22,8 @@ from tests.helpers import (
     wait_until,
 )
 from worker.deadletters import DeadLetter, Filter, read_all
-from worker.dlq import H_ATTEMPTS, H_ERROR_REASON, H_REPLAY_COUNT, H_TRACEPARENT
-from worker.replay import H_FORCE, H_REPLAYED_FROM, ReplayOptions, Summary, pending, replay
+from worker.dlq import H_ATTEMPTS, H_ERROR_REASON, H_FORCE, H_REPLAY_COUNT, H_REPLAYED_FROM, H_TRACEPARENT
+from worker.replay import ReplayOptions, Summary, pending, replay
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -15,20 +15,20 @@ from worker.dlq import (
     H_ERROR_CLASS,
     H_ERROR_MESSAGE,
     H_ERROR_REASON,
+    H_FORCE,
     H_REPLAY_COUNT,
+    H_REPLAYED_FROM,
     H_TRACEPARENT,
     DeadLetterEnvelope,
+    is_forced,
 )
 from worker.outbox import H_VALUE_TRUNCATED_FROM
 from worker.replay import (
-    H_FORCE,
-    H_REPLAYED_FROM,
     Pacer,
     Progress,
     ReplayOptions,
     Skip,
     Summary,
-    is_forced,
     parse_rate,
     plan,
     replay_headers,

@@ -58,7 +58,8 @@ class Worker:
         async with AsyncExitStack() as stack:
             await kafka.ensure_topics(settings)
             redis = connect_redis(settings.redis_url, max_connections=max(16, settings.concurrency * 2))
-            stack.push_async_callback(redis.aclose)
+            # A pool passed in is not closed by aclose() unless asked: close it with the client.
+            stack.push_async_callback(redis.aclose, close_connection_pool=True)
             await redis.ping()
             guard = self.guard or build_backend(settings)
             await guard.start()

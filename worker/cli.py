@@ -227,7 +227,8 @@ def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 class _OneLineParser(argparse.ArgumentParser):
-    """A parser whose usage errors are one line (``guardq dlq replay: error: ...``) with exit code 2."""
+    """A parser whose usage errors are one line (``guardq dlq replay: error: ...``) with exit code 2;
+    ``add_subparsers`` gives every subcommand's parser the same class."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -266,9 +267,9 @@ def _count(raw: str) -> int:
     return int(raw)
 
 
-def _add_dlq_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_dlq_commands(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     dlq = _command(sub, "dlq", cmd_dlq, "inspect and replay the dead-letter topic")
-    dlq_sub = dlq.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_OneLineParser)
+    dlq_sub = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
     dlq_list = dlq_sub.add_parser("list", help="dead letters as a table (or JSON lines)")
     dlq_list.add_argument("--pending", action="store_true", help="only those not replayed yet")
     dlq_list.add_argument("--json", action="store_true", help="one JSON object a line")
@@ -346,7 +347,7 @@ def cmd_guard_sim(args: argparse.Namespace) -> int:
 
 
 def _command(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    subparsers: argparse._SubParsersAction[_OneLineParser],
     name: str,
     handler: Callable[[argparse.Namespace], int],
     help_text: str,
@@ -360,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The `guardq` argument parser."""
     from worker.guard.sim import configure_parser as configure_sim
 
-    parser = argparse.ArgumentParser(prog="guardq", description="Kafka moderation worker for LLM traffic.")
+    parser = _OneLineParser(prog="guardq", description="Kafka moderation worker for LLM traffic.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = _command(sub, "run", cmd_run, "run the worker (every setting is an env var and a flag)")

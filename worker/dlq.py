@@ -47,6 +47,8 @@ H_REPLAY_COUNT = _P + "replay_count"
 H_HISTORY = _P + "history"
 H_RETRY_HOP = _P + "retry.hop"
 H_RETRY_DUE_AT = _P + "retry.due_at"
+H_FORCE = _P + "force"  # "1" (set by `guardq dlq replay --force`): moderate again, overwrite the verdict
+H_REPLAYED_FROM = _P + "replayed_from"  # "<dlq partition>:<offset>" of the dead letter a replay came from
 H_TRACEPARENT = "traceparent"
 
 Headers = list[tuple[str, bytes]]
@@ -225,3 +227,8 @@ def carried_headers(headers: Sequence[tuple[str, bytes]], *, keep: Sequence[str]
 def carried_number(headers: Sequence[tuple[str, bytes]], name: str) -> int:
     """A decimal guardq header of ``headers`` (0 when it is absent or not a sane number)."""
     return _int_or(_carried_state(headers).get(name), 0)
+
+
+def is_forced(headers: Sequence[tuple[str, bytes | None]] | None) -> bool:
+    """Whether a record's headers ask for a forced replay (moderate again, overwrite the verdict)."""
+    return any(name == H_FORCE and value == b"1" for name, value in headers or ())

@@ -13,7 +13,7 @@ from aiokafka.structs import ConsumerRecord
 from opentelemetry.trace import Span, SpanKind, Tracer
 
 from worker import tracing
-from worker.dlq import DeadLetterEnvelope, carried_headers, format_history_entry
+from worker.dlq import H_FORCE, H_REPLAYED_FROM, DeadLetterEnvelope, carried_headers, format_history_entry
 from worker.errors import GuardqError
 from worker.messages import format_rfc3339, utc_now_rfc3339
 from worker.schedule import Hop
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 TRUNCATED_VALUE_BYTES = 256 * 1024
 H_VALUE_TRUNCATED_FROM = "guardq.value_truncated_from"
 # guardq headers a retry hop carries on unchanged (the envelope rewrites the others).
-KEPT_ON_RETRY = ("guardq.force", "guardq.replayed_from")
+KEPT_ON_RETRY = (H_FORCE, H_REPLAYED_FROM)
 
 
 def record_time(timestamp_ms: object) -> str:

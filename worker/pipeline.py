@@ -26,11 +26,11 @@ from opentelemetry.trace import Span, SpanKind, Tracer
 from redis.exceptions import RedisError
 
 from worker import tracing
+from worker.dlq import is_forced
 from worker.errors import GuardqError, InternalError, InvalidInput, is_infrastructure, one_line
 from worker.guardcall import Answer, GuardCaller
 from worker.messages import ModerationRequest, Verdict, parse_request, utc_now_rfc3339
 from worker.outbox import Outbox
-from worker.replay import is_forced
 from worker.retry import GuardCallFailed
 from worker.schedule import RetrySchedule
 from worker.settings import Settings

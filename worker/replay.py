@@ -18,7 +18,7 @@ import math
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -30,10 +30,12 @@ from worker import kafka
 from worker.deadletters import DeadLetter, Filter, read_all
 from worker.dlq import (
     H_FIRST_FAILED_AT,
+    H_FORCE,
     H_HISTORY,
     H_OFFSET,
     H_PARTITION,
     H_REPLAY_COUNT,
+    H_REPLAYED_FROM,
     H_TIMESTAMP,
     H_TOPIC,
     H_TRACEPARENT,
@@ -54,18 +56,8 @@ from worker.store import (
     replayed_field,
 )
 
-H_FORCE = "guardq.force"  # "1": moderate again even if a verdict is stored, and overwrite it
-H_REPLAYED_FROM = "guardq.replayed_from"  # "<dlq partition>:<offset>" of the dead letter replayed
-
 # Republished records in flight before their acknowledgements are awaited and marked in one HSET.
 BATCH = 100
-
-__all__ = ["H_FORCE", "H_REPLAYED_FROM", "Plan", "ReplayOptions", "Skip", "Summary", "is_forced", "replay"]
-
-
-def is_forced(headers: Iterable[tuple[str, bytes | None]] | None) -> bool:
-    """Whether a record's headers ask for a forced replay (moderate again, overwrite the verdict)."""
-    return any(name == H_FORCE and value == b"1" for name, value in headers or ())
 
 
 class Skip(enum.Enum):
