@@ -340,3 +340,13 @@ def test_unicode_digit_in_carried_header_falls_back_instead_of_crashing(digits: 
     assert envelope.original_partition == 7
     assert envelope.original_offset == 99
     assert envelope.replay_count == 0
+
+
+def test_foreign_headers_without_value_or_utf8_do_not_hide_the_envelope() -> None:
+    envelope = _envelope()
+    headers: list[tuple[str, bytes | None]] = [
+        ("x-null", None),
+        ("x-binary", b"\xff\xfe"),
+        *envelope.to_headers(),
+    ]
+    assert DeadLetterEnvelope.from_headers(headers) == envelope

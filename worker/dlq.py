@@ -143,9 +143,15 @@ class DeadLetterEnvelope:
         return [(name, value.encode("utf-8")) for name, value in pairs]
 
     @classmethod
-    def from_headers(cls, headers: Sequence[tuple[str, bytes]]) -> DeadLetterEnvelope:
+    def from_headers(cls, headers: Sequence[tuple[str, bytes | None]]) -> DeadLetterEnvelope:
         """Read the envelope back; raises ``ValueError`` naming the first missing or bad header."""
-        found = {name: value.decode("utf-8", errors="strict") for name, value in headers}
+        # Only guardq's own headers and traceparent are read: the original record's headers ride along and
+        # may hold anything (no value, bytes that are not UTF-8).
+        found = {
+            name: value.decode("utf-8", errors="strict")
+            for name, value in headers
+            if (name.startswith(_P) or name == H_TRACEPARENT) and value is not None
+        }
 
         def need(name: str) -> str:
             if name not in found:

@@ -81,10 +81,13 @@ def start_broker(
     storage: str = "memory://tansu/",
     detach: bool = False,
     env: dict[str, str] | None = None,
+    advertised_port: int | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start tansu on 127.0.0.1:port and wait until it listens."""
+    """Start tansu on 127.0.0.1:port and wait until it listens. ``advertised_port`` is the port clients
+    are told to connect to (a proxy in front of the broker, in fault tests); it defaults to ``port``."""
     url = f"tcp://127.0.0.1:{port}"
-    command = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+    advertised = f"tcp://127.0.0.1:{advertised_port or port}"
+    command = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised]
     command += ["--storage-engine", storage]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
