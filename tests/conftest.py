@@ -99,6 +99,9 @@ def make_settings(broker: str, redis_url: str, redis_prefix: str, guard_sim: Gua
             "GUARDQ_SESSION_TIMEOUT_S": "6",
             "GUARDQ_COMMIT_INTERVAL_S": "0.5",
             "GUARDQ_GUARD_TIMEOUT_S": "5",
+            # Many workers run at once in a test session: each binds its own free port.
+            "GUARDQ_HTTP_HOST": "127.0.0.1",
+            "GUARDQ_HTTP_PORT": "0",
         }
         return Settings.load(env, {key: str(value) for key, value in overrides.items()})
 

@@ -1,7 +1,8 @@
 """The worker's lifecycle: build the components, run the fetch loop, drain and stop in order.
 
 Components are composed with an ``AsyncExitStack`` so they stop in reverse order of start: the consumer
-leaves its group only after the final commit; the producer flushes after the last verdict.
+leaves its group only after the final commit; the producer flushes after the last verdict. The HTTP server
+(health, readiness, metrics, status) starts first and stops last, so probes are answered throughout.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
 
 from worker import kafka, tracing
 from worker.breaker import CircuitBreaker
@@ -22,6 +25,8 @@ from worker.errors import GuardError
 from worker.guard.base import GuardBackend, build_backend
 from worker.guardcall import GuardCaller
 from worker.limiter import ConcurrencyLimiter
+from worker.metrics import Metrics
+from worker.ops import Health, OpsServer
 from worker.outbox import Outbox
 from worker.pipeline import Pipeline
 from worker.retry import RetryPolicy
@@ -45,17 +50,25 @@ class Worker:
     limiter: ConcurrencyLimiter = field(init=False)
     breaker: CircuitBreaker = field(init=False, default_factory=CircuitBreaker)
     throttle: Throttle = field(init=False, default_factory=Throttle)
+    metrics: Metrics = field(init=False, default_factory=Metrics)
+    health: Health = field(init=False)
     fetch_loop: FetchLoop | None = field(init=False, default=None)
+    http_port: int | None = field(init=False, default=None)
     ready: asyncio.Event = field(init=False, default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.limiter = ConcurrencyLimiter(self.settings.concurrency)
+        self.health = Health(self.settings, self.metrics, self.breaker, self.limiter)
+        self.metrics.watch(self.health.live_state)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set (graceful drain) or a record fails fatally (raises that error)."""
         settings = self.settings
-        provider = self.tracer_provider or tracing.build_provider()
         async with AsyncExitStack() as stack:
+            server = OpsServer(self.health, host=settings.http_host, port=settings.http_port)
+            await server.start()
+            stack.push_async_callback(server.stop)
+            self.http_port = server.port
             await kafka.ensure_topics(settings)
             redis = connect_redis(settings.redis_url, max_connections=max(16, settings.concurrency * 2))
             # A pool passed in is not closed by aclose() unless asked: close it with the client.
@@ -68,7 +81,6 @@ class Worker:
             producer = kafka.make_producer(settings)
             await producer.start()
             stack.push_async_callback(producer.stop)
-            tracer = tracing.get_tracer(provider)
             store = VerdictStore(
                 redis,
                 prefix=settings.redis_prefix,
@@ -76,31 +88,9 @@ class Worker:
                 lease_ttl_s=settings.lease_ttl_s,
             )
             leases = LeaseKeeper(store)
-            breaker = self.breaker
             schedule = RetrySchedule.from_settings(settings)
-            caller = GuardCaller(
-                guard,
-                limiter=self.limiter,
-                breaker=breaker,
-                throttle=self.throttle,
-                retry=RetryPolicy(
-                    max_attempts=settings.guard_attempts, max_total_s=2 * settings.guard_timeout_s + 10
-                ),
-                tracer=tracer,
-                store=store,
-                chunk_chars=settings.chunk_chars,
-            )
-            pipeline = Pipeline(
-                settings,
-                store=store,
-                leases=leases,
-                caller=caller,
-                outbox=Outbox(
-                    producer, tracer, verdict_topic=settings.verdict_topic, dlq_topic=settings.dlq_topic
-                ),
-                tracer=tracer,
-                schedule=schedule,
-            )
+            tracer = tracing.get_tracer(self.tracer_provider or tracing.build_provider())
+            pipeline = self._pipeline(guard, store, leases, producer, tracer, schedule)
             consumer = kafka.make_consumer(settings, group_id=settings.group_id)
             loop = FetchLoop(
                 consumer,
@@ -108,15 +98,58 @@ class Worker:
                 max_buffered=settings.max_buffered,
                 max_buffered_bytes=settings.max_buffered_mb * 1024 * 1024,
                 commit_interval_s=settings.commit_interval_s,
-                hold=lambda: breaker.is_open,
+                hold=lambda: self.breaker.is_open,
                 due_in_s=schedule.due_in_s,
             )
             # Retry topics are consumed beside the input topic; their partitions wait for their head's due time.
             consumer.subscribe([settings.input_topic, *schedule.topics], listener=loop)
             await consumer.start()
             stack.push_async_callback(consumer.stop)
-            self.fetch_loop = loop
-            await self._serve(loop, leases, stop, prober=breaker.run_prober(guard.check))
+            self.fetch_loop = self.health.fetch_loop = loop
+            helpers = {
+                "lease-keeper": leases.run(),
+                "guard-prober": self.breaker.run_prober(guard.check),
+                "guard-heartbeat": self.breaker.run_heartbeat(guard.check, period_s=settings.heartbeat_s),
+                "health-checks": self.health.run_checks(consumer, redis),
+                "loop-watch": self.health.watch_loop(),
+            }
+            await self._serve(loop, stop, helpers)
+
+    def _pipeline(
+        self,
+        guard: GuardBackend,
+        store: VerdictStore,
+        leases: LeaseKeeper,
+        producer: AIOKafkaProducer,
+        tracer: Tracer,
+        schedule: RetrySchedule,
+    ) -> Pipeline:
+        settings = self.settings
+        caller = GuardCaller(
+            guard,
+            limiter=self.limiter,
+            breaker=self.breaker,
+            throttle=self.throttle,
+            retry=RetryPolicy(
+                max_attempts=settings.guard_attempts, max_total_s=2 * settings.guard_timeout_s + 10
+            ),
+            tracer=tracer,
+            store=store,
+            chunk_chars=settings.chunk_chars,
+            metrics=self.metrics,
+        )
+        return Pipeline(
+            settings,
+            store=store,
+            leases=leases,
+            caller=caller,
+            outbox=Outbox(
+                producer, tracer, verdict_topic=settings.verdict_topic, dlq_topic=settings.dlq_topic
+            ),
+            tracer=tracer,
+            schedule=schedule,
+            metrics=self.metrics,
+        )
 
     async def _check_guard(self, guard: GuardBackend) -> None:
         """Refuse to start on a misconfigured guard; only warn when it is merely down (it may come back)."""
@@ -128,24 +161,24 @@ class Worker:
             log.warning("guard not reachable at start-up (%s); starting anyway", exc)
 
     async def _serve(
-        self, loop: FetchLoop, leases: LeaseKeeper, stop: asyncio.Event, *, prober: Coroutine[Any, Any, None]
+        self, loop: FetchLoop, stop: asyncio.Event, helpers: dict[str, Coroutine[Any, Any, None]]
     ) -> None:
-        """Run the fetch loop and its helpers; any of them ending (a crash) or ``stop`` begins the drain."""
+        """Run the fetch loop, its commits and ``helpers``; any of them ending (a crash) or ``stop`` begins
+        the drain. Helpers (lease renewal, the guard prober) run until the drain is over."""
         log.info("worker started: topic=%s group=%s", self.settings.input_topic, self.settings.group_id)
         self.ready.set()
-        supervised = [
-            asyncio.create_task(loop.run(), name="fetch-loop"),
-            asyncio.create_task(loop.commit_periodically(), name="commit-loop"),
-            asyncio.create_task(leases.run(), name="lease-keeper"),
-            asyncio.create_task(prober, name="guard-prober"),
-        ]
+        self.health.serving = True
+        fetching = asyncio.create_task(loop.run(), name="fetch-loop")
+        committing = asyncio.create_task(loop.commit_periodically(), name="commit-loop")
+        helping = [asyncio.create_task(coro, name=name) for name, coro in helpers.items()]
+        supervised = [fetching, committing, *helping]
         stopping = asyncio.create_task(stop.wait(), name="stop-signal")
         try:
             await asyncio.wait({*supervised, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.health.draining = True
             loop.stop_fetching()
             stopping.cancel()
-            fetching, committing, renewing, probing = supervised
             # getmany returns within 100 ms, except while a rebalance is under way: bound the wait.
             await asyncio.wait({fetching}, timeout=FETCH_STOP_S)
             fetching.cancel()
@@ -154,10 +187,11 @@ class Worker:
             await asyncio.gather(fetching, committing, return_exceptions=True)
             cut_off = await loop.drain(self.settings.shutdown_timeout_s)
             # Only now: in-flight records held leases and waited on the circuit until the drain ended.
-            renewing.cancel()
-            probing.cancel()
-            await asyncio.gather(renewing, probing, return_exceptions=True)
+            for task in helping:
+                task.cancel()
+            await asyncio.gather(*helping, return_exceptions=True)
             self.ready.clear()
+            self.health.serving = False
             log.info("worker stopped: %d record(s) cut off at the deadline (left uncommitted)", cut_off)
         for task in supervised:
             if not task.cancelled() and task.exception() is not None:

@@ -157,6 +157,29 @@ class CircuitBreaker:
             self._half_open()
             await self._await_trials()
 
+    async def run_heartbeat(
+        self, check: Callable[[], Awaitable[object]], *, period_s: float, failures_to_open: int = 3
+    ) -> None:
+        """While closed, call ``check`` (the guard's models endpoint) every ``period_s``; ``failures_to_open``
+        failures in a row open the circuit (and so flip readiness). An open circuit is the prober's: its
+        first successful probe turns it half-open, and the trial calls close it. Runs until cancelled."""
+        failed = 0
+        while True:
+            await asyncio.sleep(period_s)
+            if self._state is not BreakerState.CLOSED:
+                failed = 0
+                continue
+            try:
+                await check()
+            except Exception as exc:  # any failure of the heartbeat counts: the guard is not answering
+                failed += 1
+                log.warning("guard heartbeat failed (%d in a row): %s", failed, exc)
+                if failed >= failures_to_open:
+                    self._open(f"{failed} heartbeats failed in a row")
+                    failed = 0
+                continue
+            failed = 0
+
     async def _await_trials(self) -> None:
         # Trial calls that never report (their callers were cancelled) must not leave it half-open forever.
         with contextlib.suppress(TimeoutError):

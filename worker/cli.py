@@ -306,6 +306,19 @@ def _add_dlq_commands(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
         add_flags(dlq_parser, only=CONNECTION_FIELDS | {"redis_prefix", "max_replays"})
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show a worker's state and the group's lag per partition."""
+    import json
+
+    from worker.statusview import as_json, gather_status, render
+
+    settings = _settings(args)
+    url = args.url or f"http://127.0.0.1:{settings.http_port}"
+    worker, broker = asyncio.run(gather_status(settings, url))
+    print(json.dumps(as_json(url, worker, broker), indent=2) if args.json else render(url, worker, broker))
+    return 0 if not isinstance(worker, str) else 1
+
+
 # -- stack / demo / guard-sim -----------------------------------------------------------------------
 
 
@@ -386,6 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(topics, only=CONNECTION_FIELDS | {"topic_partitions", "topic_replication", "retry_schedule"})
 
     _add_dlq_commands(sub)
+
+    status = _command(sub, "status", cmd_status, "a worker's state and the group's lag per partition")
+    status.add_argument(
+        "--url", default=None, help="the worker's HTTP address (default http://127.0.0.1:GUARDQ_HTTP_PORT)"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_flags(status, only=CONNECTION_FIELDS | {"group_id", "retry_schedule", "http_port"})
 
     stack = _command(sub, "stack", cmd_stack, "start/stop a local broker + Redis in the background")
     stack.add_argument("action", choices=["up", "down", "status"])

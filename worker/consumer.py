@@ -18,6 +18,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from worker.errors import is_infrastructure
+from worker.metrics import PartitionLag
 from worker.offsets import PartitionOffsets
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class FetchStats:
     pauses: int = 0
     peak_buffered: int = 0
     held_back: int = 0  # times a retry partition was paused until its head record was due
+    fetched_by_topic: dict[str, int] = field(default_factory=dict)
 
 
 class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -79,12 +81,44 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         self._stopping = asyncio.Event()
         self._commit_lock = asyncio.Lock()
         self._fatal: BaseException | None = None
+        self._last_poll_at = 0.0
         self.stats = FetchStats()
 
     @property
     def fatal_error(self) -> BaseException | None:
         """The error that stopped the loop, if one did."""
         return self._fatal
+
+    @property
+    def in_flight(self) -> int:
+        """Fetched records not finished yet."""
+        return self._buffered
+
+    @property
+    def paused(self) -> bool:
+        """True while every partition is paused (backpressure or an open circuit)."""
+        return self._paused
+
+    @property
+    def last_poll_at(self) -> float:
+        """Loop time of the last fetch (``run`` polls at least every 100 ms while it is alive)."""
+        return self._last_poll_at
+
+    def partition_lags(self) -> list[PartitionLag]:
+        """Per assigned partition: the done watermark, the last commit and the highwater mark."""
+        return [
+            PartitionLag(
+                tp.topic, tp.partition, part.offsets.committable(), part.committed, self._highwater(tp)
+            )
+            for tp, part in sorted(self._parts.items(), key=lambda item: (item[0].topic, item[0].partition))
+        ]
+
+    def _highwater(self, tp: TopicPartition) -> int | None:
+        try:
+            mark = self._consumer.highwater(tp)
+        except (IllegalStateError, KafkaError, AssertionError):
+            return None
+        return int(mark) if mark is not None else None
 
     def stop_fetching(self) -> None:
         """Ask ``run`` to return; in-flight records keep going (see ``drain``)."""
@@ -95,6 +129,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
     async def run(self) -> None:
         """Fetch and dispatch until ``stop_fetching`` is called or a record fails fatally."""
         while not self._stopping.is_set():
+            self._last_poll_at = asyncio.get_running_loop().time()
             self._apply_backpressure()
             room = max(1, self._max_buffered - self._buffered)
             batches = await self._consumer.getmany(timeout_ms=100, max_records=room)
@@ -167,6 +202,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         self._buffered += 1
         self._buffered_bytes += size
         self.stats.fetched += 1
+        self.stats.fetched_by_topic[record.topic] = self.stats.fetched_by_topic.get(record.topic, 0) + 1
         self.stats.peak_buffered = max(self.stats.peak_buffered, self._buffered)
         task = asyncio.create_task(
             self._process(record), name=f"record:{record.topic}/{record.partition}@{record.offset}"

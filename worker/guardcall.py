@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from dataclasses import dataclass
 
 from opentelemetry.trace import SpanKind, Tracer
@@ -21,6 +22,7 @@ from worker.breaker import CircuitBreaker
 from worker.errors import GuardContextOverflow, GuardError
 from worker.guard.base import GuardBackend, GuardRequest, GuardVerdict
 from worker.limiter import ConcurrencyLimiter
+from worker.metrics import Metrics
 from worker.retry import GuardCallFailed, RetryPolicy
 from worker.store import VerdictStore
 from worker.throttle import Throttle
@@ -58,6 +60,7 @@ class GuardCaller:
         tracer: Tracer,
         store: VerdictStore,
         chunk_chars: int | None,
+        metrics: Metrics,
     ) -> None:
         self._guard = guard
         self._limiter = limiter
@@ -67,6 +70,7 @@ class GuardCaller:
         self._tracer = tracer
         self._store = store
         self._chunk_chars = chunk_chars
+        self._metrics = metrics
 
     def _budget(self) -> int:
         if self._chunk_chars is not None:
@@ -146,13 +150,20 @@ class GuardCaller:
             with self._tracer.start_as_current_span("guard moderate", kind=SpanKind.CLIENT) as span:
                 span.set_attribute("guardq.guard.model", self._guard.model)
                 span.set_attribute("guardq.attempt", made_before + attempt)
+                self._metrics.guard_calls.inc()
+                if attempt > 1:
+                    self._metrics.guard_retries.inc()
+                started = time.monotonic()
                 try:
                     verdict = await self._guard.moderate(request)
                 except GuardError as exc:
+                    self._metrics.guard_errors.labels(type(exc).__name__).inc()
                     self._breaker.record(success=not exc.retriable)  # a 400 is an answer: the guard is up
                     if exc.status == 429:
                         self._throttle.hold_for(exc.retry_after_s)
                     raise
+                finally:
+                    self._metrics.guard_latency.observe(time.monotonic() - started)
                 self._breaker.record(success=True)
                 return verdict
 

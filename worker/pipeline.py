@@ -30,6 +30,7 @@ from worker.dlq import is_forced
 from worker.errors import GuardqError, InternalError, InvalidInput, is_infrastructure, one_line
 from worker.guardcall import Answer, GuardCaller
 from worker.messages import ModerationRequest, Verdict, parse_request, utc_now_rfc3339
+from worker.metrics import Metrics
 from worker.outbox import Outbox
 from worker.retry import GuardCallFailed
 from worker.schedule import RetrySchedule
@@ -65,6 +66,7 @@ class Pipeline:
         outbox: Outbox,
         tracer: Tracer,
         schedule: RetrySchedule,
+        metrics: Metrics,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -73,6 +75,7 @@ class Pipeline:
         self._outbox = outbox
         self._tracer = tracer
         self._schedule = schedule
+        self._metrics = metrics
 
     async def handle(self, record: ConsumerRecord) -> Outcome:
         """Process one record until it is done; see the module docstring for what propagates."""
@@ -93,6 +96,7 @@ class Pipeline:
         ) as span:
             outcome = await self._decide(record, span)
             span.set_attribute("guardq.outcome", outcome.value)
+            self._metrics.outcomes.labels(outcome.value).inc()
             return outcome
 
     async def _decide(self, record: ConsumerRecord, span: Span) -> Outcome:
@@ -140,6 +144,7 @@ class Pipeline:
             if stored is None:  # no verdict stored: free the id for the next delivery at once
                 await self._release_quietly(lease)
         await self._publish(request.id, stored, span)
+        self._metrics.verdicts.labels(answer.verdict.label).inc()
         log.debug("verdict id=%s label=%s", request.id, answer.verdict.label)
         return Outcome.MODERATED
 
@@ -163,6 +168,7 @@ class Pipeline:
                 failed.error,
             )
             await self._outbox.retry_later(record, span, failed.error, attempts=attempts, hop=hop)
+            self._metrics.retry_hops.labels(hop.topic).inc()
             span.set_attribute("guardq.retry.hop", hop.number)
             return Outcome.RETRY_SCHEDULED
         log.warning(
@@ -247,3 +253,4 @@ class Pipeline:
     ) -> None:
         reason = await self._outbox.dead_letter(record, span, error, attempts=attempts)
         span.set_attribute("guardq.error.reason", reason)
+        self._metrics.dead_letters.labels(reason).inc()

@@ -108,6 +108,43 @@ def _security_protocol(raw: str) -> str:
     return value
 
 
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _sasl_mechanism(raw: str) -> str | None:
+    value = raw.strip().upper()
+    if not value:
+        return None
+    if value not in _SASL_MECHANISMS:
+        raise ValueError(f"must be one of {', '.join(_SASL_MECHANISMS)}")
+    return value
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _optional_file(raw: str) -> str | None:
+    """A path to a readable file (a CA bundle, certificate or key), checked now rather than at the first
+    TLS handshake, where the error would name neither the file nor the variable."""
+    path = raw.strip()
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise ValueError(f"cannot read the file: {exc.strerror or exc}") from None
+    return path
+
+
 _DURATION = re.compile(r"(\d+)(ms|s|m|h)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -178,7 +215,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("shutdown_timeout_s", "GUARDQ_SHUTDOWN_TIMEOUT_S", "20", _positive_float, "graceful drain deadline"),
     Spec("retry_schedule", "GUARDQ_RETRY_SCHEDULE", "10s,1m,10m", _retry_schedule, "delayed retry topics"),
     Spec("max_replays", "GUARDQ_MAX_REPLAYS", "3", _positive_int, "replay loop guard"),
-    Spec("http_port", "GUARDQ_HTTP_PORT", "8080", _port, "health/metrics port"),
+    Spec("http_host", "GUARDQ_HTTP_HOST", "0.0.0.0", _text, "address of the health/metrics server"),
+    Spec("http_port", "GUARDQ_HTTP_PORT", "8080", _port, "health/metrics port (0: any free port)"),
     Spec("heartbeat_s", "GUARDQ_HEARTBEAT_S", "30", _positive_float, "guard heartbeat period"),
     Spec("max_buffered", "GUARDQ_MAX_BUFFERED", "1000", _positive_int, "fetched-but-unfinished cap (pause)"),
     Spec("max_buffered_mb", "GUARDQ_MAX_BUFFERED_MB", "64", _positive_int, "buffered bytes cap (pause)"),
@@ -189,14 +227,33 @@ SPECS: tuple[Spec, ...] = (
         "kafka_security_protocol", "GUARDQ_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", _security_protocol, "Kafka"
     ),
     Spec(
-        "kafka_sasl_mechanism", "GUARDQ_KAFKA_SASL_MECHANISM", "", _optional_text, "PLAIN, SCRAM-SHA-256/512"
+        "kafka_sasl_mechanism", "GUARDQ_KAFKA_SASL_MECHANISM", "", _sasl_mechanism, "PLAIN, SCRAM-SHA-256/512"
     ),
     Spec("kafka_sasl_username", "GUARDQ_KAFKA_SASL_USERNAME", "", _optional_text, "SASL user"),
     Spec("kafka_sasl_password", "GUARDQ_KAFKA_SASL_PASSWORD", "", _optional_text, "SASL password", True),
-    Spec("kafka_ssl_cafile", "GUARDQ_KAFKA_SSL_CAFILE", "", _optional_text, "CA bundle for Kafka TLS"),
-    Spec("kafka_ssl_certfile", "GUARDQ_KAFKA_SSL_CERTFILE", "", _optional_text, "client certificate"),
-    Spec("kafka_ssl_keyfile", "GUARDQ_KAFKA_SSL_KEYFILE", "", _optional_text, "client key"),
+    Spec("kafka_ssl_cafile", "GUARDQ_KAFKA_SSL_CAFILE", "", _optional_file, "CA bundle for Kafka TLS"),
+    Spec("kafka_ssl_certfile", "GUARDQ_KAFKA_SSL_CERTFILE", "", _optional_file, "client certificate"),
+    Spec("kafka_ssl_keyfile", "GUARDQ_KAFKA_SSL_KEYFILE", "", _optional_file, "client key"),
+    Spec(
+        "redis_password",
+        "GUARDQ_REDIS_PASSWORD",
+        "",
+        _optional_text,
+        "Redis password (AUTH), instead of one in GUARDQ_REDIS_URL",
+        True,
+    ),
+    Spec("redis_tls_ca_file", "GUARDQ_REDIS_TLS_CA_FILE", "", _optional_file, "CA bundle for rediss://"),
+    Spec("redis_tls_cert_file", "GUARDQ_REDIS_TLS_CERT_FILE", "", _optional_file, "Redis client cert"),
+    Spec("redis_tls_key_file", "GUARDQ_REDIS_TLS_KEY_FILE", "", _optional_file, "Redis client key"),
+    Spec("redis_tls_verify", "GUARDQ_REDIS_TLS_VERIFY", "true", _boolean, "verify the Redis server cert"),
+    Spec("guard_tls_verify", "GUARDQ_GUARD_TLS_VERIFY", "true", _boolean, "verify the guard's certificate"),
+    Spec("guard_ca_file", "GUARDQ_GUARD_CA_FILE", "", _optional_file, "CA bundle for an https guard"),
 )
+
+
+def _key_needs_cert(key_env: str, keyfile: str | None, cert_env: str, certfile: str | None) -> None:
+    if keyfile and not certfile:
+        raise SettingsError(f"{key_env} needs {cert_env} (the key's certificate)")
 
 
 @dataclass(frozen=True)
@@ -224,6 +281,7 @@ class Settings:
     shutdown_timeout_s: float
     retry_schedule: tuple[str, ...]
     max_replays: int
+    http_host: str
     http_port: int
     heartbeat_s: float
     max_buffered: int
@@ -238,6 +296,13 @@ class Settings:
     kafka_ssl_cafile: str | None
     kafka_ssl_certfile: str | None
     kafka_ssl_keyfile: str | None
+    redis_password: str | None
+    redis_tls_ca_file: str | None
+    redis_tls_cert_file: str | None
+    redis_tls_key_file: str | None
+    redis_tls_verify: bool
+    guard_tls_verify: bool
+    guard_ca_file: str | None
 
     @classmethod
     def load(cls, env: Mapping[str, str], overrides: Mapping[str, str | None] | None = None) -> Settings:
@@ -266,6 +331,43 @@ class Settings:
             raise SettingsError(
                 "GUARDQ_KAFKA_SECURITY_PROTOCOL=SASL_*: set GUARDQ_KAFKA_SASL_MECHANISM, _USERNAME and _PASSWORD"
             )
+        self._check_security()
+
+    def _check_security(self) -> None:
+        """Security options that would be silently ignored, or that contradict each other, are errors."""
+        protocol = self.kafka_security_protocol
+        kafka_tls = (self.kafka_ssl_cafile, self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+        if any(kafka_tls) and protocol not in {"SSL", "SASL_SSL"}:
+            raise SettingsError(
+                f"GUARDQ_KAFKA_SSL_* is set but GUARDQ_KAFKA_SECURITY_PROTOCOL={protocol} uses no TLS"
+            )
+        sasl = (self.kafka_sasl_mechanism, self.kafka_sasl_username, self.kafka_sasl_password)
+        if any(sasl) and not protocol.startswith("SASL"):
+            raise SettingsError(
+                f"GUARDQ_KAFKA_SASL_* is set but GUARDQ_KAFKA_SECURITY_PROTOCOL={protocol} uses no SASL"
+            )
+        _key_needs_cert(
+            "GUARDQ_KAFKA_SSL_KEYFILE",
+            self.kafka_ssl_keyfile,
+            "GUARDQ_KAFKA_SSL_CERTFILE",
+            self.kafka_ssl_certfile,
+        )
+        _key_needs_cert(
+            "GUARDQ_REDIS_TLS_KEY_FILE",
+            self.redis_tls_key_file,
+            "GUARDQ_REDIS_TLS_CERT_FILE",
+            self.redis_tls_cert_file,
+        )
+        url = urlparse(self.redis_url)
+        redis_tls = (self.redis_tls_ca_file, self.redis_tls_cert_file, self.redis_tls_key_file)
+        if (any(redis_tls) or not self.redis_tls_verify) and url.scheme != "rediss":
+            raise SettingsError("GUARDQ_REDIS_TLS_* needs a rediss:// GUARDQ_REDIS_URL")
+        if self.redis_password and url.password:
+            raise SettingsError(
+                "set the Redis password in GUARDQ_REDIS_URL or in GUARDQ_REDIS_PASSWORD, not both"
+            )
+        if self.guard_ca_file and not self.guard_url.startswith("https://"):
+            raise SettingsError("GUARDQ_GUARD_CA_FILE needs an https:// GUARDQ_GUARD_URL")
 
     @property
     def retry_topics(self) -> tuple[str, ...]:

@@ -1,0 +1,151 @@
+"""The worker's Prometheus metrics: one registry per worker, so several workers in one process (tests)
+keep their own.
+
+Events are counted where they happen (outcomes and dead letters in the pipeline, guard calls in
+``guardcall``); live state (in-flight records, the concurrency limit, lag per partition, the breaker) is
+read when ``/metrics`` is scraped, so the hot path pays nothing for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+# Seconds; guard calls run from milliseconds (a small model) to tens of seconds (long texts, a busy GPU).
+LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BREAKER_VALUES = {"green": 0, "yellow": 1, "red": 2}
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    """How far one assigned partition's finished work is behind its log end."""
+
+    topic: str
+    partition: int
+    done_offset: int | None  # every record below is done (the commit watermark)
+    committed: int | None
+    highwater: int | None
+
+    @property
+    def lag(self) -> int | None:
+        start = self.done_offset if self.done_offset is not None else self.committed
+        if self.highwater is None or start is None:
+            return None
+        return max(0, self.highwater - start)
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """What the scrape reads from the running worker."""
+
+    in_flight: int
+    guard_in_flight: int
+    concurrency_limit: int
+    breaker_state: str  # green / yellow / red
+    partitions: list[PartitionLag]
+    paused: bool
+    consumed_by_topic: dict[str, int]
+    infra_retries: int
+
+
+class _LiveCollector(Collector):
+    def __init__(self, read: Callable[[], LiveState | None]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        state = self._read()
+        if state is None:
+            return
+        yield _gauge("guardq_in_flight", "Fetched records not finished yet", state.in_flight)
+        yield _gauge("guardq_guard_in_flight", "Guard calls in flight", state.guard_in_flight)
+        yield _gauge(
+            "guardq_concurrency_limit", "Current cap on guard calls in flight", state.concurrency_limit
+        )
+        yield _gauge(
+            "guardq_breaker_state",
+            "Guard circuit breaker: 0 closed (green), 1 half-open (yellow), 2 open (red)",
+            BREAKER_VALUES[state.breaker_state],
+        )
+        yield _gauge(
+            "guardq_fetch_paused", "1 while fetching is paused (backpressure or open breaker)", state.paused
+        )
+        lag = GaugeMetricFamily(
+            "guardq_consumer_lag",
+            "Records behind the log end, per assigned partition",
+            labels=["topic", "partition"],
+        )
+        for part in state.partitions:
+            if part.lag is not None:
+                lag.add_metric([part.topic, str(part.partition)], part.lag)
+        yield lag
+        consumed = CounterMetricFamily(
+            "guardq_messages_consumed", "Records taken from a topic", labels=["topic"]
+        )
+        for topic, count in sorted(state.consumed_by_topic.items()):
+            consumed.add_metric([topic], count)
+        yield consumed
+        yield CounterMetricFamily(
+            "guardq_infrastructure_retries",
+            "Times a record was retried because Redis or Kafka failed",
+            value=state.infra_retries,
+        )
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=float(value))
+
+
+class Metrics:
+    """Counters and histograms of one worker, plus its live state at scrape time."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.outcomes = Counter("guardq_outcomes", "What became of each record", ["outcome"], registry=r)
+        self.verdicts = Counter("guardq_verdicts", "Verdicts published, by label", ["label"], registry=r)
+        self.dead_letters = Counter("guardq_dead_letters", "Dead letters, by reason", ["reason"], registry=r)
+        self.retry_hops = Counter("guardq_retry_hops", "Records sent to a retry topic", ["topic"], registry=r)
+        self.guard_calls = Counter("guardq_guard_calls", "Guard calls made", registry=r)
+        self.guard_retries = Counter(
+            "guardq_guard_retries", "Guard calls that were in-process retries", registry=r
+        )
+        self.guard_errors = Counter(
+            "guardq_guard_errors", "Failed guard calls, by error class", ["class"], registry=r
+        )
+        self.guard_latency = Histogram(
+            "guardq_guard_latency_seconds", "Guard call latency", buckets=LATENCY_BUCKETS_S, registry=r
+        )
+        self._live: Callable[[], LiveState | None] = lambda: None
+        r.register(_LiveCollector(lambda: self._live()))
+
+    def watch(self, read: Callable[[], LiveState | None]) -> None:
+        """Read live state from ``read`` at scrape time (the worker sets it once its parts exist)."""
+        self._live = read
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return bytes(generate_latest(self.registry))
+
+    def total(self, counter: Counter, labels: Iterable[str] | None = None) -> float:
+        """The value of a counter (summed over its labels, or of one label set), for /status and tests."""
+        total = 0.0
+        for metric in counter.collect():
+            for sample in metric.samples:
+                if not sample.name.endswith("_total"):
+                    continue
+                if labels is None or tuple(sample.labels.values()) == tuple(labels):
+                    total += sample.value
+        return total
+
+    def by_label(self, counter: Counter) -> dict[str, float]:
+        """A one-label counter as {label value: count}."""
+        found: dict[str, float] = {}
+        for metric in counter.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total") and sample.labels:
+                    found[next(iter(sample.labels.values()))] = sample.value
+        return found
