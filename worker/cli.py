@@ -13,38 +13,25 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
-from worker.settings import SPECS, Settings, SettingsError, add_flags, overrides_from
+from worker.cli_dlq import add_dlq_commands
+from worker.cliargs import (
+    CONNECTION_FIELDS,
+    OneLineParser,
+    UsageError,
+    command,
+    non_negative_int,
+    settings_from,
+)
+from worker.settings import Settings, SettingsError, add_flags
 
 if TYPE_CHECKING:
-    from worker.deadletters import DeadLetter
+    pass
 
 log = logging.getLogger("guardq")
-
-CONNECTION_FIELDS = {
-    "kafka_bootstrap",
-    "redis_url",
-    "input_topic",
-    "verdict_topic",
-    "dlq_topic",
-    "max_text_chars",
-}
-CONNECTION_FIELDS |= {
-    spec.field for spec in SPECS if spec.field.startswith(("kafka_sasl", "kafka_ssl", "kafka_sec"))
-}
-
-
-class UsageError(Exception):
-    """A one-line problem with what the user asked for (exit code 2)."""
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.load(os.environ, overrides_from(args))
-
 
 # -- run --------------------------------------------------------------------------------------------
 
@@ -53,7 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the worker until SIGTERM/SIGINT."""
     from worker import logs
 
-    settings = _settings(args)
+    settings = settings_from(args)
     logs.configure(args.log_level)
     from worker import eventloop
 
@@ -93,7 +80,7 @@ async def _run_worker(settings: Settings) -> int:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     """Publish JSONL lines to the input topic; bad lines are reported by number and skipped."""
-    settings = _settings(args)
+    settings = settings_from(args)
     if args.file == "-":
         lines = sys.stdin.buffer.read().splitlines()
     else:
@@ -128,7 +115,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     """Print a topic as JSON lines."""
     from worker.tail import tail
 
-    settings = _settings(args)
+    settings = settings_from(args)
     topic = {
         "verdicts": settings.verdict_topic,
         "dlq": settings.dlq_topic,
@@ -157,162 +144,19 @@ def cmd_topics(args: argparse.Namespace) -> int:
     """Create the input, verdict, DLQ and retry topics when missing."""
     from worker import kafka
 
-    settings = _settings(args)
+    settings = settings_from(args)
     created = asyncio.run(kafka.ensure_topics(settings))
     for name in kafka.worker_topics(settings):
         print(f"{name:<48} {'created' if name in created else 'exists'}")
     return 0
 
 
-def cmd_dlq(args: argparse.Namespace) -> int:
-    """List, show or replay dead letters (list and show are read-only; replay never deletes)."""
-    from worker import deadletters
-
-    settings = _settings(args)
-    if args.action == "replay":
-        return _dlq_replay(settings, args)
-    try:
-        letters = asyncio.run(deadletters.read_all(settings))
-    except LookupError as exc:
-        raise UsageError(str(exc).strip("'\"")) from None
-    if args.action == "show":
-        return _dlq_show(letters, args.target)
-    chosen = deadletters.select(letters, reason=args.reason, since=args.since, until=args.until)
-    if args.pending:
-        from worker import replay
-
-        chosen = asyncio.run(replay.pending(settings, chosen))
-    if args.json:
-        for letter in chosen:
-            print(json.dumps(deadletters.as_json(letter), ensure_ascii=False))
-    else:
-        print(deadletters.table(chosen))
-    return 0
-
-
-def _dlq_show(letters: list[DeadLetter], target: str) -> int:
-    from worker import deadletters
-
-    found = deadletters.find(letters, target)
-    if not found:
-        raise UsageError(f"no dead letter at {target!r} (give PARTITION:OFFSET or a message id)")
-    for letter in found:
-        print(json.dumps(deadletters.as_json(letter), ensure_ascii=False, indent=2))
-    return 0
-
-
-def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
-    from worker import replay
-    from worker.deadletters import Filter
-
-    options = replay.ReplayOptions(
-        filter=Filter(
-            reason=args.reason,
-            since=args.since,
-            until=args.until,
-            error_class=args.error_class,
-            ids=frozenset(args.ids) if args.ids else None,
-        ),
-        limit=args.max,
-        force=args.force,
-        dry_run=args.dry_run,
-        rate_per_s=args.rate,
-    )
-    try:
-        summary = asyncio.run(replay.replay(settings, options, progress=sys.stderr))
-    except LookupError as exc:
-        raise UsageError(str(exc).strip("'\"")) from None
-    print("\n".join(summary.lines()))
-    return 0
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """A parser whose usage errors are one line (``guardq dlq replay: error: ...``) with exit code 2;
-    ``add_subparsers`` gives every subcommand's parser the same class."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _time(raw: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{raw!r} is not an RFC 3339 time like 2026-11-23T13:00:00Z"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _reason(raw: str) -> str:
-    from worker.dlq import REASONS
-
-    if raw not in REASONS:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a reason; one of: {', '.join(REASONS)}")
-    return raw
-
-
-def _rate(raw: str) -> float:
-    from worker.replay import parse_rate
-
-    try:
-        return parse_rate(raw)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _count(raw: str) -> int:
-    if not (raw.isascii() and raw.isdigit()):
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number (0 or more)")
-    return int(raw)
-
-
-def _add_dlq_commands(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
-    dlq = _command(sub, "dlq", cmd_dlq, "inspect and replay the dead-letter topic")
-    dlq_sub = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
-    dlq_list = dlq_sub.add_parser("list", help="dead letters as a table (or JSON lines)")
-    dlq_list.add_argument("--pending", action="store_true", help="only those not replayed yet")
-    dlq_list.add_argument("--json", action="store_true", help="one JSON object a line")
-    dlq_show = dlq_sub.add_parser("show", help="one dead letter with its headers decoded")
-    dlq_show.add_argument("target", metavar="PARTITION:OFFSET|ID")
-    replay_help = "republish dead letters not replayed yet to the input topic (never deletes; never prompts)"
-    dlq_replay = dlq_sub.add_parser("replay", help=replay_help, description=replay_help)
-    dlq_replay.add_argument("--error-class", default=None, metavar="CLASS", help="only this error class")
-    dlq_replay.add_argument(
-        "--id",
-        dest="ids",
-        action="append",
-        default=None,
-        metavar="ID",
-        help="only this message id (repeatable)",
-    )
-    dlq_replay.add_argument("--max", type=_count, default=None, metavar="N", help="replay at most N")
-    dlq_replay.add_argument(
-        "--dry-run", action="store_true", help="show what would be replayed; send nothing"
-    )
-    dlq_replay.add_argument(
-        "--force", action="store_true", help="also ids that have a verdict: moderate again, overwrite it"
-    )
-    dlq_replay.add_argument(
-        "--rate", type=_rate, default=None, metavar="N/s", help="at most N records a second"
-    )
-    for selecting in (dlq_list, dlq_replay):
-        selecting.add_argument("--reason", type=_reason, default=None, help="only this reason")
-        selecting.add_argument(
-            "--since", type=_time, default=None, help="first failed at or after (RFC 3339)"
-        )
-        selecting.add_argument("--until", type=_time, default=None, help="first failed before (RFC 3339)")
-    for dlq_parser in (dlq_list, dlq_show, dlq_replay):
-        add_flags(dlq_parser, only=CONNECTION_FIELDS | {"redis_prefix", "max_replays"})
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     """Show a worker's state and the group's lag per partition."""
-    import json
 
     from worker.statusview import as_json, gather_status, render
 
-    settings = _settings(args)
+    settings = settings_from(args)
     url = args.url or f"http://127.0.0.1:{settings.http_port}"
     worker, broker = asyncio.run(gather_status(settings, url))
     print(json.dumps(as_json(url, worker, broker), indent=2) if args.json else render(url, worker, broker))
@@ -326,7 +170,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
     """Start, stop or show a local broker + Redis for development."""
     from worker import stack
 
-    settings = _settings(args)
+    settings = settings_from(args)
     directory = Path(args.dir)
     if args.action == "up":
         _, report = stack.stack_up(
@@ -359,76 +203,58 @@ def cmd_guard_sim(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------------------------
 
 
-def _command(
-    subparsers: argparse._SubParsersAction[_OneLineParser],
-    name: str,
-    handler: Callable[[argparse.Namespace], int],
-    help_text: str,
-) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(name, help=help_text, description=help_text)
-    parser.set_defaults(handler=handler)
-    return parser
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The `guardq` argument parser."""
     from worker.guard.sim import configure_parser as configure_sim
 
-    parser = _OneLineParser(prog="guardq", description="Kafka moderation worker for LLM traffic.")
+    parser = OneLineParser(prog="guardq", description="Kafka moderation worker for LLM traffic.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = _command(sub, "run", cmd_run, "run the worker (every setting is an env var and a flag)")
+    run = command(sub, "run", cmd_run, "run the worker (every setting is an env var and a flag)")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_flags(run)
 
-    publish = _command(
+    publish = command(
         sub, "publish", cmd_publish, "publish JSONL requests (FILE or - for stdin) to the input topic"
     )
     publish.add_argument("file", nargs="?", default="-", metavar="FILE|-")
     add_flags(publish, only=CONNECTION_FIELDS)
 
-    tail = _command(sub, "tail", cmd_tail, "print a topic as JSON lines (default: verdicts, from now on)")
+    tail = command(sub, "tail", cmd_tail, "print a topic as JSON lines (default: verdicts, from now on)")
     tail.add_argument("--topic", default="verdicts", help="verdicts, dlq, input or a topic name")
     tail.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
-    tail.add_argument("--max", type=_non_negative_int, default=None, metavar="N", help="stop after N records")
+    tail.add_argument("--max", type=non_negative_int, default=None, metavar="N", help="stop after N records")
     tail.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S seconds in all")
     add_flags(tail, only=CONNECTION_FIELDS)
 
-    topics = _command(sub, "topics", cmd_topics, "manage guardq's topics")
+    topics = command(sub, "topics", cmd_topics, "manage guardq's topics")
     topics.add_argument("action", choices=["create"], help="create the input, verdict, DLQ and retry topics")
     add_flags(topics, only=CONNECTION_FIELDS | {"topic_partitions", "topic_replication", "retry_schedule"})
 
-    _add_dlq_commands(sub)
+    add_dlq_commands(sub)
 
-    status = _command(sub, "status", cmd_status, "a worker's state and the group's lag per partition")
+    status = command(sub, "status", cmd_status, "a worker's state and the group's lag per partition")
     status.add_argument(
         "--url", default=None, help="the worker's HTTP address (default http://127.0.0.1:GUARDQ_HTTP_PORT)"
     )
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_flags(status, only=CONNECTION_FIELDS | {"group_id", "retry_schedule", "http_port"})
 
-    stack = _command(sub, "stack", cmd_stack, "start/stop a local broker + Redis in the background")
+    stack = command(sub, "stack", cmd_stack, "start/stop a local broker + Redis in the background")
     stack.add_argument("action", choices=["up", "down", "status"])
     stack.add_argument("--dir", default=".guardq/stack", help="where state and logs are kept")
     add_flags(stack, only={"kafka_bootstrap", "redis_url"})
 
-    demo = _command(sub, "demo", cmd_demo, "moderate a bundled sample set end to end on an embedded stack")
+    demo = command(sub, "demo", cmd_demo, "moderate a bundled sample set end to end on an embedded stack")
     demo.add_argument(
         "--guard-url", default=None, help="use a real Qwen3Guard server instead of the local model"
     )
     demo.add_argument("--guard-model", default="Qwen/Qwen3Guard-Gen-8B", help="model name with --guard-url")
     demo.add_argument("--redis-url", default=os.environ.get("GUARDQ_REDIS_URL", "redis://127.0.0.1:6379/0"))
 
-    sim = _command(sub, "guard-sim", cmd_guard_sim, "serve a simulated Qwen3Guard (vLLM wire format)")
+    sim = command(sub, "guard-sim", cmd_guard_sim, "serve a simulated Qwen3Guard (vLLM wire format)")
     configure_sim(sim)
     return parser
-
-
-def _non_negative_int(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
