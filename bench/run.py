@@ -62,6 +62,8 @@ def _settings(services: Services, run: str) -> Settings:
             "GUARDQ_CONCURRENCY": str(CONCURRENCY),
             "GUARDQ_TOPIC_PARTITIONS": str(PARTITIONS),
             "GUARDQ_GUARD_TIMEOUT_S": "30",
+            "GUARDQ_HTTP_HOST": "127.0.0.1",
+            "GUARDQ_HTTP_PORT": "0",
         }
     )
 

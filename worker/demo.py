@@ -82,6 +82,9 @@ def run_demo(*, guard_url: str | None, guard_model: str, redis_url: str) -> int:
             "GUARDQ_MAX_TEXT_CHARS": str(DEMO_MAX_TEXT_CHARS),
             "GUARDQ_TOPIC_PARTITIONS": "4",
             "GUARDQ_GROUP_ID": "guardq-demo",
+            # The demo's worker needs no fixed health port (and must not clash with a real worker's).
+            "GUARDQ_HTTP_HOST": "127.0.0.1",
+            "GUARDQ_HTTP_PORT": "0",
         }
         settings = Settings.load(env)
         # The summary reports dead letters; per-message warnings would only break the progress bar.
