@@ -32,7 +32,7 @@ from worker.pipeline import Pipeline
 from worker.retry import RetryPolicy
 from worker.schedule import RetrySchedule
 from worker.settings import Settings
-from worker.store import LeaseKeeper, VerdictStore, connect_redis
+from worker.store import LeaseKeeper, RedisSecurity, VerdictStore, connect_redis
 from worker.throttle import Throttle
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,11 @@ class Worker:
             stack.push_async_callback(server.stop)
             self.http_port = server.port
             await kafka.ensure_topics(settings)
-            redis = connect_redis(settings.redis_url, max_connections=max(16, settings.concurrency * 2))
+            redis = connect_redis(
+                settings.redis_url,
+                max_connections=max(16, settings.concurrency * 2),
+                security=RedisSecurity.from_settings(settings),
+            )
             # A pool passed in is not closed by aclose() unless asked: close it with the client.
             stack.push_async_callback(redis.aclose, close_connection_pool=True)
             await redis.ping()

@@ -41,7 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from worker import logs
 
     settings = settings_from(args)
-    logs.configure(args.log_level)
+    logs.configure(args.log_level, secrets=logs.secrets_of(settings))
     from worker import eventloop
 
     return eventloop.run(_run_worker(settings))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -17,7 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 
-from worker.settings import Settings
+from worker.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +32,27 @@ def connection_options(settings: Settings) -> dict[str, Any]:
         "security_protocol": settings.kafka_security_protocol,
     }
     if settings.kafka_security_protocol in {"SSL", "SASL_SSL"}:
-        options["ssl_context"] = create_ssl_context(
+        options["ssl_context"] = _ssl_context(settings)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        # aiokafka takes the SCRAM credentials under the same two names as PLAIN's.
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password
+    return options
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext:
+    """The TLS context of every Kafka client (the system's CAs unless GUARDQ_KAFKA_SSL_CAFILE is set);
+    a file that is not PEM is a one-line settings error here, not a handshake failure later."""
+    try:
+        context: ssl.SSLContext = create_ssl_context(
             cafile=settings.kafka_ssl_cafile,
             certfile=settings.kafka_ssl_certfile,
             keyfile=settings.kafka_ssl_keyfile,
         )
-    if settings.kafka_security_protocol.startswith("SASL"):
-        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        options["sasl_plain_username"] = settings.kafka_sasl_username
-        options["sasl_plain_password"] = settings.kafka_sasl_password
-    return options
+    except (ssl.SSLError, OSError) as exc:
+        raise SettingsError(f"GUARDQ_KAFKA_SSL_CAFILE/_CERTFILE/_KEYFILE cannot be loaded: {exc}") from None
+    return context
 
 
 def make_producer(settings: Settings, *, linger_ms: int = 5) -> AIOKafkaProducer:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -13,7 +15,14 @@ from aiokafka.structs import ConsumerRecord
 from opentelemetry.trace import Span, SpanKind, Tracer
 
 from worker import tracing
-from worker.dlq import H_FORCE, H_REPLAYED_FROM, DeadLetterEnvelope, carried_headers, format_history_entry
+from worker.dlq import (
+    H_FORCE,
+    H_REPLAYED_FROM,
+    DeadLetterEnvelope,
+    Headers,
+    carried_headers,
+    format_history_entry,
+)
 from worker.errors import GuardqError
 from worker.messages import format_rfc3339, utc_now_rfc3339
 from worker.schedule import Hop
@@ -25,6 +34,10 @@ TRUNCATED_VALUE_BYTES = 256 * 1024
 H_VALUE_TRUNCATED_FROM = "guardq.value_truncated_from"
 # guardq headers a retry hop carries on unchanged (the envelope rewrites the others).
 KEPT_ON_RETRY = (H_FORCE, H_REPLAYED_FROM)
+
+
+def _key_text(key: bytes | None) -> str | None:
+    return key.decode("utf-8", errors="replace")[:512] if key else None
 
 
 def record_time(timestamp_ms: object) -> str:
@@ -52,15 +65,9 @@ class Outbox:
             trace_id = str(json.loads(document).get("trace_id") or fallback_trace_id)
         except (ValueError, AttributeError):
             trace_id = fallback_trace_id
-        with self._tracer.start_as_current_span(
-            f"{self._verdict_topic} publish",
-            kind=SpanKind.PRODUCER,
-            attributes={"messaging.system": "kafka", "messaging.destination.name": self._verdict_topic},
-        ) as span:
+        with self._span(self._verdict_topic, message_id) as span:
             headers = [(tracing.TRACEPARENT, tracing.traceparent(trace_id, span).encode("ascii"))]
-            await self._producer.send_and_wait(
-                self._verdict_topic, document, key=message_id.encode("utf-8"), headers=headers
-            )
+            await self._send(span, self._verdict_topic, document, message_id.encode("utf-8"), headers)
 
     async def dead_letter(
         self, record: ConsumerRecord, span: Span, error: GuardqError, *, attempts: int
@@ -68,11 +75,9 @@ class Outbox:
         """Send the record, bytes unchanged, to the DLQ with the failure in headers. Returns the reason."""
         envelope = self._envelope(record, span, error, attempts)
         headers = carried_headers(record.headers or ()) + envelope.to_headers()
-        with self._tracer.start_as_current_span(f"{self._dlq_topic} publish", kind=SpanKind.PRODUCER):
+        with self._span(self._dlq_topic, _key_text(record.key)) as span:
             try:
-                await self._producer.send_and_wait(
-                    self._dlq_topic, record.value, key=record.key, headers=headers
-                )
+                await self._send(span, self._dlq_topic, record.value, record.key, headers)
             except MessageSizeTooLargeError:
                 # The broker takes the original but not the original plus headers. Keep a bounded prefix;
                 # the headers name the input coordinates where the whole value still is.
@@ -84,7 +89,7 @@ class Outbox:
                 )
                 headers.append((H_VALUE_TRUNCATED_FROM, str(size).encode()))
                 value = (record.value or b"")[:TRUNCATED_VALUE_BYTES]
-                await self._producer.send_and_wait(self._dlq_topic, value, key=record.key, headers=headers)
+                await self._send(span, self._dlq_topic, value, record.key, headers)
         return envelope.error_reason
 
     async def retry_later(
@@ -96,8 +101,23 @@ class Outbox:
             self._envelope(record, span, error, attempts), retry_hop=hop.number, due_at=hop.due_at
         )
         headers = carried_headers(record.headers or (), keep=KEPT_ON_RETRY) + envelope.to_headers()
-        with self._tracer.start_as_current_span(f"{hop.topic} publish", kind=SpanKind.PRODUCER):
-            await self._producer.send_and_wait(hop.topic, record.value, key=record.key, headers=headers)
+        with self._span(hop.topic, _key_text(record.key)) as span:
+            await self._send(span, hop.topic, record.value, record.key, headers)
+
+    @contextmanager
+    def _span(self, topic: str, message_id: str | None) -> Iterator[Span]:
+        """A ``<topic> publish`` producer span with the messaging attributes."""
+        with self._tracer.start_as_current_span(
+            f"{topic} publish", kind=SpanKind.PRODUCER, attributes=tracing.send_attributes(topic, message_id)
+        ) as span:
+            yield span
+
+    async def _send(
+        self, span: Span, topic: str, value: bytes | None, key: bytes | None, headers: Headers
+    ) -> None:
+        """Send one record and wait for every in-sync replica (acks=all); note where it went on ``span``."""
+        sent = await self._producer.send_and_wait(topic, value, key=key, headers=headers)
+        tracing.set_sent(span, sent.partition, sent.offset)
 
     @staticmethod
     def _envelope(

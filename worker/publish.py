@@ -69,20 +69,22 @@ class Publisher:
         document.setdefault("id", str(uuid.uuid4()))
         value = json.dumps(document, ensure_ascii=False).encode("utf-8")
         request = parse_request(value, self._settings.max_text_chars)
-        return await self.publish_raw(request.id.encode("utf-8"), value)
+        return await self._send(request.id.encode("utf-8"), value, message_id=request.id)
 
     async def publish_raw(self, key: bytes | None, value: bytes) -> Published:
         """Publish bytes as they are (no validation), with a traceparent header."""
+        return await self._send(key, value, message_id=None)
+
+    async def _send(self, key: bytes | None, value: bytes, *, message_id: str | None) -> Published:
         if self._producer is None:
             raise RuntimeError("Publisher used outside 'async with'")
         topic = self._settings.input_topic
         with self._tracer.start_as_current_span(
-            f"{topic} publish",
-            kind=SpanKind.PRODUCER,
-            attributes={"messaging.system": "kafka", "messaging.destination.name": topic},
+            f"{topic} publish", kind=SpanKind.PRODUCER, attributes=tracing.send_attributes(topic, message_id)
         ) as span:
             headers = [(tracing.TRACEPARENT, tracing.traceparent_of(span).encode("ascii"))]
             meta = await self._producer.send_and_wait(topic, value, key=key, headers=headers)
+            tracing.set_sent(span, meta.partition, meta.offset)
             return Published(
                 id=key.decode("utf-8", errors="replace") if key else "",
                 partition=meta.partition,

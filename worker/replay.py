@@ -24,9 +24,11 @@ from typing import TextIO
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from redis.asyncio import Redis
 
-from worker import kafka
+from worker import kafka, tracing
 from worker.deadletters import DeadLetter, Filter, read_all
 from worker.dlq import (
     H_FIRST_FAILED_AT,
@@ -48,6 +50,7 @@ from worker.messages import utc_now_rfc3339
 from worker.outbox import H_VALUE_TRUNCATED_FROM
 from worker.settings import Settings
 from worker.store import (
+    RedisSecurity,
     ReplayMark,
     connect_redis,
     ids_with_verdict,
@@ -273,14 +276,23 @@ class Summary:
         return lines
 
 
-async def replay(settings: Settings, options: ReplayOptions, *, progress: TextIO | None = None) -> Summary:
+async def replay(
+    settings: Settings,
+    options: ReplayOptions,
+    *,
+    progress: TextIO | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> Summary:
     """Read the DLQ to its end, choose (``plan``) and republish to the input topic; see the module
-    docstring. Progress goes to ``progress``; raises if the broker refuses a record (those acknowledged
-    before are marked)."""
+    docstring. Progress goes to ``progress``; each republish gets a ``<input> publish`` span in the
+    message's original trace. Raises if the broker refuses a record (those acknowledged before are
+    marked)."""
     letters = [letter for letter in await read_all(settings) if options.filter.matches(letter)]
     # Oldest first across partitions (by when each was dead-lettered), so --max takes the oldest.
     letters.sort(key=lambda x: (x.timestamp_ms, x.partition, x.offset))
-    redis = connect_redis(settings.redis_url, max_connections=2)
+    redis = connect_redis(
+        settings.redis_url, max_connections=2, security=RedisSecurity.from_settings(settings)
+    )
     try:
         fields = [replayed_field(settings.dlq_topic, x.partition, x.offset) for x in letters]
         marks = await replay_marks(redis, settings.redis_prefix, fields)
@@ -297,7 +309,8 @@ async def replay(settings: Settings, options: ReplayOptions, *, progress: TextIO
         )
         sent = 0
         if not options.dry_run and chosen.eligible:
-            sent = await _republish(settings, redis, chosen.eligible, options, progress)
+            tracer = tracing.get_tracer(tracer_provider or tracing.build_provider())
+            sent = await _republish(settings, redis, chosen.eligible, options, progress, tracer)
     finally:
         await redis.aclose(close_connection_pool=True)
     return Summary(settings.input_topic, chosen, sent, options.dry_run)
@@ -305,7 +318,9 @@ async def replay(settings: Settings, options: ReplayOptions, *, progress: TextIO
 
 async def pending(settings: Settings, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
     """Those of ``letters`` that were not replayed yet (what `dlq list --pending` shows)."""
-    redis = connect_redis(settings.redis_url, max_connections=2)
+    redis = connect_redis(
+        settings.redis_url, max_connections=2, security=RedisSecurity.from_settings(settings)
+    )
     try:
         fields = [replayed_field(settings.dlq_topic, x.partition, x.offset) for x in letters]
         marks = await replay_marks(redis, settings.redis_prefix, fields)
@@ -320,6 +335,7 @@ async def _republish(
     letters: Sequence[DeadLetter],
     options: ReplayOptions,
     stream: TextIO | None,
+    tracer: Tracer,
 ) -> int:
     producer = kafka.make_producer(settings)
     pacer = Pacer(options.rate_per_s)
@@ -331,7 +347,9 @@ async def _republish(
         await producer.start()
         for start in range(0, len(letters), batch):
             chunk = letters[start : start + batch]
-            results = await _send_chunk(producer, settings.input_topic, chunk, pacer, force=options.force)
+            results = await _send_chunk(
+                producer, settings.input_topic, chunk, pacer, force=options.force, tracer=tracer
+            )
             marks = _marks_of_acknowledged(settings.dlq_topic, chunk, results, forced=options.force)
             await mark_replayed(redis, settings.redis_prefix, marks)
             sent += len(marks)
@@ -346,23 +364,58 @@ async def _republish(
 
 
 async def _send_chunk(
-    producer: AIOKafkaProducer, topic: str, letters: Sequence[DeadLetter], pacer: Pacer, *, force: bool
+    producer: AIOKafkaProducer,
+    topic: str,
+    letters: Sequence[DeadLetter],
+    pacer: Pacer,
+    *,
+    force: bool,
+    tracer: Tracer,
 ) -> list[object]:
     """Send ``letters`` and await every acknowledgement: one result (metadata or exception) per letter.
     A send refused at once ends the chunk; the letters after it count as failed with the same error."""
     sends: list[asyncio.Future[object]] = []
+    spans: list[Span] = []
     refused: BaseException | None = None
     for letter in letters:
         await pacer.wait()
         assert letter.envelope is not None  # plan() never chooses one without an envelope
         headers = replay_headers(letter, letter.envelope, force=force)
+        span = _republish_span(tracer, topic, letter, letter.envelope)
         try:
             sends.append(await producer.send(topic, letter.value, key=letter.key, headers=headers))
         except KafkaError as exc:  # e.g. too large for the client: nothing of it was sent
+            _end_span(span, exc)
             refused = exc
             break
+        spans.append(span)
     results: list[object] = list(await asyncio.gather(*sends, return_exceptions=True))
+    for span, result in zip(spans, results, strict=True):
+        _end_span(span, result)
     return results + [refused] * (len(letters) - len(results))
+
+
+def _republish_span(tracer: Tracer, topic: str, letter: DeadLetter, envelope: DeadLetterEnvelope) -> Span:
+    """The PRODUCER span of one republish, a child of the dead letter's trace context, so the replay shows
+    up in the trace the publisher started (a dead letter without one starts a trace). The republished
+    record keeps the envelope's traceparent, so its next ``process`` span is a sibling of this one."""
+    carried = (envelope.traceparent or "").encode("ascii", "replace")
+    parent = tracing.extract([(tracing.TRACEPARENT, carried)] if carried else [])
+    attributes = tracing.send_attributes(topic, letter.message_id or None)
+    attributes["guardq.replayed_from"] = letter.coordinates
+    return tracer.start_span(
+        f"{topic} publish", context=parent, kind=SpanKind.PRODUCER, attributes=attributes
+    )
+
+
+def _end_span(span: Span, result: object) -> None:
+    if isinstance(result, BaseException):
+        span.set_status(Status(StatusCode.ERROR, type(result).__name__))
+    else:
+        partition, offset = getattr(result, "partition", None), getattr(result, "offset", None)
+        if isinstance(partition, int) and isinstance(offset, int):
+            tracing.set_sent(span, partition, offset)
+    span.end()
 
 
 def _marks_of_acknowledged(

@@ -41,39 +41,82 @@ class _HeaderGetter(Getter[Sequence[tuple[str, bytes]]]):
 _GETTER = _HeaderGetter()
 
 
-def _exporter_from_env(env: Mapping[str, str]) -> SpanExporter | None:
-    name = env.get("OTEL_TRACES_EXPORTER", "none").strip().lower()
-    if name in {"", "none"}:
-        return None
-    if name == "console":
-        return ConsoleSpanExporter()
-    if name == "otlp":
-        # Imported by name so the exporters stay optional extras: pip install opentelemetry-exporter-otlp
-        protocol = env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-        flavour = "grpc" if protocol == "grpc" else "http"
-        try:
-            module = importlib.import_module(f"opentelemetry.exporter.otlp.proto.{flavour}.trace_exporter")
-        except ImportError:
-            raise ValueError(
-                f"OTEL_TRACES_EXPORTER=otlp ({protocol}) needs opentelemetry-exporter-otlp"
-            ) from None
-        exporter: SpanExporter = module.OTLPSpanExporter()
-        return exporter
-    raise ValueError(f"OTEL_TRACES_EXPORTER={name!r}: supported are none, console, otlp")
+class TracingConfigError(ValueError):
+    """The OTEL_* variables ask for an exporter guardq cannot build; the message is one line."""
+
+
+# OTLP flavour by OTEL_EXPORTER_OTLP_PROTOCOL: (module of its span exporter, the package that provides it).
+_OTLP: dict[str, tuple[str, str]] = {
+    "http/protobuf": (
+        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+        "opentelemetry-exporter-otlp-proto-http",
+    ),
+    "grpc": (
+        "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+        "opentelemetry-exporter-otlp-proto-grpc",
+    ),
+}
+
+
+def otlp_protocol(env: Mapping[str, str]) -> str:
+    """The OTLP protocol for traces: the traces-specific variable wins over the general one, as the
+    OpenTelemetry specification says; ``http/protobuf`` when neither is set."""
+    raw = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    protocol = (raw or "http/protobuf").strip().lower()
+    if protocol not in _OTLP:
+        raise TracingConfigError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: supported are {', '.join(_OTLP)}"
+        )
+    return protocol
+
+
+def exporter_names(env: Mapping[str, str]) -> list[str]:
+    """The exporters OTEL_TRACES_EXPORTER names (a comma-separated list); empty when export is off."""
+    names = [n.strip().lower() for n in env.get("OTEL_TRACES_EXPORTER", "none").split(",") if n.strip()]
+    unknown = [n for n in names if n not in {"none", "console", "otlp"}]
+    if unknown:
+        raise TracingConfigError(f"OTEL_TRACES_EXPORTER={unknown[0]!r}: supported are none, console, otlp")
+    # "none" turns export off even beside another name, as in the OpenTelemetry SDK's own configurator.
+    return [] if "none" in names else list(dict.fromkeys(names))
+
+
+def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
+    protocol = otlp_protocol(env)
+    module_name, package = _OTLP[protocol]
+    try:
+        # Imported by name so the exporters stay optional extras (guardq[otlp]).
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise TracingConfigError(
+            f"OTEL_TRACES_EXPORTER=otlp ({protocol}) needs the package {package} (pip install 'guardq[otlp]')"
+        ) from None
+    # Endpoint, headers, timeout and TLS come from the standard OTEL_EXPORTER_OTLP_* variables.
+    exporter: SpanExporter = module.OTLPSpanExporter()
+    return exporter
+
+
+def _exporters_from_env(env: Mapping[str, str]) -> list[SpanExporter]:
+    exporters: list[SpanExporter] = []
+    for name in exporter_names(env):
+        exporters.append(ConsoleSpanExporter() if name == "console" else _otlp_exporter(env))
+    return exporters
 
 
 def build_provider(env: Mapping[str, str] | None = None) -> TracerProvider:
-    """A tracer provider for guardq, exporting as the standard OTEL_* variables say (off by default)."""
+    """A tracer provider for guardq, exporting as the standard OTEL_* variables say (off by default).
+
+    Raises ``TracingConfigError`` when they name an exporter that is unknown or not installed."""
     env = os.environ if env is None else env
     resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "guardq")})
-    exporter = _exporter_from_env(env)
-    if exporter is None:
+    exporters = _exporters_from_env(env)
+    if not exporters:
         # Nothing exports, so a trace nobody upstream sampled is not recorded: its spans still get ids
         # (the trace id reaches verdicts, headers and logs) but cost almost nothing. A trace sampled
         # upstream is still recorded and marked sampled, so downstream services keep it whole.
         return TracerProvider(resource=resource, sampler=ParentBased(root=ALWAYS_OFF))
     provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(exporter))
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
 
 
@@ -99,4 +142,25 @@ def traceparent_of(span: Span) -> str:
 
 
 def get_tracer(provider: TracerProvider) -> trace.Tracer:
+    """guardq's tracer from ``provider``."""
     return provider.get_tracer("guardq")
+
+
+def send_attributes(topic: str, message_id: str | None = None) -> dict[str, str]:
+    """Attributes of a ``<topic> publish`` (PRODUCER) span, per the OpenTelemetry messaging conventions;
+    the partition and offset are added once the broker acknowledged (``set_sent``)."""
+    attributes = {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "send",
+        "messaging.destination.name": topic,
+    }
+    if message_id:
+        attributes["messaging.message.id"] = message_id
+    return attributes
+
+
+def set_sent(span: Span, partition: int, offset: int) -> None:
+    """Record where the broker put a sent record on its producer span."""
+    span.set_attribute("messaging.destination.partition.id", str(partition))
+    span.set_attribute("messaging.kafka.offset", offset)

@@ -102,4 +102,6 @@ def build_backend(settings: Settings) -> GuardBackend:
         api_key=settings.guard_api_key,
         timeout_s=settings.guard_timeout_s,
         pool_size=settings.concurrency,
+        tls_verify=settings.guard_tls_verify,
+        ca_file=settings.guard_ca_file,
     )

@@ -6,6 +6,8 @@ policy lives in one place above it). Parsing and status mapping are pure code in
 
 from __future__ import annotations
 
+import json
+import ssl
 import time
 from collections.abc import Mapping
 from typing import Any, Final
@@ -44,6 +46,37 @@ def build_messages(request: GuardRequest) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
 
 
+QUOTE_PROBE_CHARS = 24
+
+
+def scrub_input(body: bytes, contents: list[str]) -> bytes:
+    """``body`` with every quote of ``contents`` (whole, JSON-escaped, or cut short) replaced by «text»."""
+    for content in contents:
+        for variant in {content, json.dumps(content)[1:-1], json.dumps(content, ensure_ascii=False)[1:-1]}:
+            raw = variant.encode("utf-8")
+            if len(raw) < 4:
+                continue
+            body = body.replace(raw, "«text»".encode())
+            probe = raw[:QUOTE_PROBE_CHARS]
+            if len(probe) >= 12 and (at := body.find(probe)) >= 0:
+                body = body[:at] + "«text»".encode()  # a quote cut short: drop everything from it on
+    return body
+
+
+def tls_context(*, verify: bool = True, ca_file: str | None = None) -> ssl.SSLContext:
+    """The TLS context of an https guard: the system's CAs (or ``ca_file``), or no verification at all
+    when ``verify`` is false (GUARDQ_GUARD_TLS_VERIFY=false, for a test guard with a self-signed cert).
+    Raises ``GuardConfigError`` when ``ca_file`` is not a CA bundle."""
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (ssl.SSLError, OSError) as exc:
+        raise GuardConfigError(f"GUARDQ_GUARD_CA_FILE={ca_file!r} is not a usable CA bundle: {exc}") from None
+    if not verify:
+        context.check_hostname = False  # must go first: the SSL module refuses CERT_NONE while it is on
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def _without_credentials(url: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -54,7 +87,17 @@ def _without_credentials(url: str) -> str:
 class Qwen3GuardBackend(AsyncLifecycle):
     """Moderates through Qwen3Guard-Gen behind an OpenAI-compatible server, over one pooled session."""
 
-    def __init__(self, *, base_url: str, model: str, api_key: str | None, timeout_s: float, pool_size: int):
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str,
+        api_key: str | None,
+        timeout_s: float,
+        pool_size: int,
+        tls_verify: bool = True,
+        ca_file: str | None = None,
+    ):
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
         if not timeout_s > 0:
@@ -69,6 +112,8 @@ class Qwen3GuardBackend(AsyncLifecycle):
         self._timeout_s = timeout_s
         self._pool_size = pool_size
         self._session: aiohttp.ClientSession | None = None
+        # Built now, so a bad CA bundle stops the start-up rather than every later call.
+        self._ssl = tls_context(verify=tls_verify, ca_file=ca_file)
 
     def __repr__(self) -> str:
         key = "'***'" if self._api_key else "None"
@@ -76,6 +121,11 @@ class Qwen3GuardBackend(AsyncLifecycle):
             f"Qwen3GuardBackend(base_url={self._shown_url!r}, model={self._model!r}, api_key={key}, "
             f"timeout_s={self._timeout_s}, pool_size={self._pool_size})"
         )
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context of the session's connector (used for https guard URLs)."""
+        return self._ssl
 
     @property
     def model(self) -> str:
@@ -87,7 +137,7 @@ class Qwen3GuardBackend(AsyncLifecycle):
         if self._session is not None:
             return
         # The pool limit caps in-flight calls: vLLM queues without limit, so the client must.
-        connector = aiohttp.TCPConnector(limit=self._pool_size)
+        connector = aiohttp.TCPConnector(limit=self._pool_size, ssl=self._ssl)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout_s)
         )
@@ -100,15 +150,18 @@ class Qwen3GuardBackend(AsyncLifecycle):
 
     async def moderate(self, request: GuardRequest) -> GuardVerdict:
         """Moderate one prompt or response; raises a ``GuardError`` subclass on failure."""
+        messages = build_messages(request)
         payload = {
             "model": self._model,
-            "messages": build_messages(request),
+            "messages": messages,
             "temperature": 0,
             "max_tokens": MAX_TOKENS,
         }
         status, headers, body = await self._call("POST", "/chat/completions", payload)
         if status != 200:
-            raise self._http_error(status, headers, body)
+            # Error replies may quote the input; message text must never reach logs or dead-letter headers.
+            contents = [message["content"] for message in messages]
+            raise self._http_error(status, headers, scrub_input(body, contents))
         try:
             label, categories, refusal = parse_guard_output(reply_content(body), request.kind)
         except GuardBadReply as exc:
@@ -170,6 +223,11 @@ class Qwen3GuardBackend(AsyncLifecycle):
             ) from exc
         except aiohttp.InvalidURL as exc:
             raise GuardConfigError(f"guard URL is invalid: {one_line(str(exc))}") from exc
+        except aiohttp.ClientConnectorCertificateError as exc:
+            # A certificate the guard's CA bundle does not accept will not fix itself: configuration.
+            raise GuardConfigError(
+                f"guard TLS certificate rejected (check GUARDQ_GUARD_CA_FILE): {one_line(str(exc), 300)}"
+            ) from exc
         except aiohttp.ClientError as exc:
             raise GuardUnavailable(
                 f"guard unreachable: {type(exc).__name__}: {one_line(self._scrub(str(exc)))}"
