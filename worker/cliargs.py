@@ -20,7 +20,9 @@ CONNECTION_FIELDS = {
     "max_text_chars",
 }
 CONNECTION_FIELDS |= {
-    spec.field for spec in SPECS if spec.field.startswith(("kafka_sasl", "kafka_ssl", "kafka_sec"))
+    spec.field
+    for spec in SPECS
+    if spec.field.startswith(("kafka_sasl", "kafka_ssl", "kafka_sec", "redis_tls", "redis_password"))
 }
 
 
