@@ -6,7 +6,6 @@ Each test gets fresh topics, its own consumer group and its own Redis key prefix
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import GuardSim, start_guard_sim
+from tests.helpers import GuardSim, start_guard_sim, stop_process
 from worker import stack
 from worker.settings import Settings
 from worker.store import delete_prefix
@@ -57,11 +56,7 @@ def guard_sim_process() -> Iterator[GuardSim]:
     """One simulated guard server for the session; tests reset and configure it through its admin routes."""
     sim, process = start_guard_sim()
     yield sim
-    process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop_process(process)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 from aiokafka.structs import ConsumerRecord
+from opentelemetry.sdk.trace import TracerProvider
 
 from worker.app import Worker
 from worker.guard.base import GuardBackend
@@ -83,6 +84,16 @@ def start_guard_sim(*extra: str) -> tuple[GuardSim, subprocess.Popen[str]]:
     return GuardSim(line.removeprefix("guard-sim listening on ")), process
 
 
+def stop_process(process: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+    """Terminate a process the test started, killing it if it does not exit within 5 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
 async def wait_until(check: Callable[[], Awaitable[bool]], *, timeout_s: float, what: str) -> None:
     """Poll ``check`` every 50 ms until it is true; fail the test after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
@@ -94,9 +105,12 @@ async def wait_until(check: Callable[[], Awaitable[bool]], *, timeout_s: float, 
 
 
 @contextlib.asynccontextmanager
-async def running_worker(settings: Settings, *, guard: GuardBackend | None = None) -> AsyncIterator[Worker]:
-    """A worker running in this event loop; stopped gracefully (and checked for errors) on exit."""
-    worker = Worker(settings, guard=guard)
+async def running_worker(
+    settings: Settings, *, guard: GuardBackend | None = None, tracer_provider: TracerProvider | None = None
+) -> AsyncIterator[Worker]:
+    """A worker running in this event loop (its spans to ``tracer_provider`` if given); stopped gracefully
+    (and checked for errors) on exit."""
+    worker = Worker(settings, guard=guard, tracer_provider=tracer_provider)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     ready = asyncio.create_task(worker.ready.wait())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -11,6 +10,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from tests.helpers import running_worker
 from worker.app import Worker
 from worker.settings import Settings
 
@@ -26,20 +26,8 @@ def recording_provider() -> tuple[TracerProvider, InMemorySpanExporter]:
 @contextlib.asynccontextmanager
 async def worker_with_provider(settings: Settings, provider: TracerProvider) -> AsyncIterator[Worker]:
     """A worker in this event loop whose spans go to ``provider``; stopped gracefully on exit."""
-    worker = Worker(settings, tracer_provider=provider)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    ready = asyncio.create_task(worker.ready.wait())
-    await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        ready.cancel()
-        task.result()  # raises the start-up error
-    assert worker.ready.is_set(), "worker did not become ready within 30 s"
-    try:
+    async with running_worker(settings, tracer_provider=provider) as worker:
         yield worker
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=settings.shutdown_timeout_s + 15)
 
 
 def trace_hex(span: ReadableSpan) -> str:

@@ -24,7 +24,7 @@ from aiohttp import web
 from opentelemetry.sdk.trace import ReadableSpan
 
 from tests.conftest import SettingsFactory
-from tests.helpers import GuardSim, collect, start_guard_sim, wait_for_verdicts, wait_until
+from tests.helpers import GuardSim, collect, start_guard_sim, stop_process, wait_for_verdicts, wait_until
 from tests.spans import recording_provider, worker_with_provider
 from worker import logs, stack
 from worker.publish import Publisher
@@ -68,11 +68,7 @@ def keyed_guard() -> Iterator[GuardSim]:
     """A guard simulator of this module's own that requires API_KEY on its /v1 routes."""
     sim, process = start_guard_sim("--api-key", API_KEY)
     yield sim
-    process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop_process(process)
 
 
 @contextlib.contextmanager
