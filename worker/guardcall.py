@@ -77,15 +77,16 @@ class GuardCaller:
             return self._chunk_chars
         return chunking.chunk_chars_for(self._guard.context_window, default_chars=DEFAULT_CHUNK_CHARS)
 
-    async def answer(self, message_id: str, request: GuardRequest) -> Answer:
+    async def answer(self, message_id: str, request: GuardRequest, *, fresh: bool = False) -> Answer:
         """The verdict of ``request``, chunked when it does not fit. Raises ``GuardCallFailed`` (with every
-        attempt made) when a call fails for good: a permanent error, or retries exhausted."""
+        attempt made) when a call fails for good: a permanent error, or retries exhausted. ``fresh`` (a
+        forced replay) ignores chunk verdicts kept from earlier deliveries."""
         budget = self._budget()
         made = 0
         while True:
             parts = chunking.requests_for(request, budget, chunking.overlap_for(budget))
             try:
-                verdict, attempts = await self._judge(message_id, parts, made)
+                verdict, attempts = await self._judge(message_id, parts, made, fresh=fresh)
                 return Answer(verdict, made + attempts, len(parts))
             except GuardCallFailed as failed:
                 made += failed.attempts
@@ -105,13 +106,13 @@ class GuardCaller:
                 budget = next_budget
 
     async def _judge(
-        self, message_id: str, parts: list[GuardRequest], made_before: int
+        self, message_id: str, parts: list[GuardRequest], made_before: int, *, fresh: bool
     ) -> tuple[GuardVerdict, int]:
         """One verdict over ``parts`` (one part: a plain call), and the attempts this cost."""
         if len(parts) == 1:
             return await self._until_answered(parts[0], made_before)
         keys = [chunking.chunk_key(message_id, len(parts), index) for index in range(len(parts))]
-        cached = await self._store.load_chunks(keys)
+        cached = [None] * len(keys) if fresh else await self._store.load_chunks(keys)
         verdicts: list[GuardVerdict] = []
         made = 0
         for key, part, known in zip(keys, parts, cached, strict=True):

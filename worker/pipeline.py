@@ -135,7 +135,7 @@ class Pipeline:
         try:
             with self._leases.holding(lease):
                 try:
-                    answer = await self._caller.answer(request.id, request.guard_request())
+                    answer = await self._caller.answer(request.id, request.guard_request(), fresh=forced)
                 except GuardCallFailed as failed:
                     return await self._on_guard_failure(record, span, failed, carried + failed.attempts)
                 document = self._verdict(request, answer, span, carried, started).to_json()
