@@ -123,3 +123,60 @@ async def test_drain_cuts_off_a_record_whose_cleanup_fails_and_still_returns_in_
     assert time.monotonic() - started < 0.2 + CANCEL_GRACE_S + 1
     assert cut_off == 1
     assert consumer.commits[-1] == {TP: 1}
+
+
+class RewindingConsumer(StandInConsumer):
+    """Serves its records from a position that ``seek`` moves back; a paused partition gets nothing."""
+
+    def __init__(self, records: list[ConsumerRecord]) -> None:
+        super().__init__([])
+        self._records = records
+        self._position = 0
+        self._paused = False
+
+    async def getmany(self, *tps: TopicPartition, timeout_ms: int, max_records: int) -> dict[Any, Any]:
+        if self._paused or self._position >= len(self._records):
+            await asyncio.sleep(timeout_ms / 1000)
+            return {}
+        batch = self._records[self._position :]
+        self._position = len(self._records)
+        return {TP: batch}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._position = offset
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self._paused = self._paused or TP in tps
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self._paused = self._paused and TP not in tps
+
+
+async def test_a_held_back_retry_record_goes_after_one_delay_even_if_its_due_time_keeps_receding() -> None:
+    consumer = RewindingConsumer([_record(i) for i in range(3)])
+    started = time.monotonic()
+    dispatched: list[tuple[int, float]] = []
+
+    async def handler(record: ConsumerRecord) -> None:
+        dispatched.append((record.offset, time.monotonic() - started))
+
+    # Every look at the head record says "0.3 s more" (a forged or skewed due time, capped at the delay).
+    loop = FetchLoop(
+        consumer,  # type: ignore[arg-type]
+        handler,
+        max_buffered=100,
+        max_buffered_bytes=10**6,
+        commit_interval_s=60,
+        due_in_s=lambda record: 0.3 if record.offset == 0 else 0.0,
+    )
+    await loop.on_partitions_assigned({TP})
+    task = asyncio.create_task(loop.run())
+    try:
+        await _until_done(loop, 3)
+    finally:
+        loop.stop_fetching()
+        await task
+    assert [offset for offset, _ in dispatched] == [0, 1, 2]  # nothing overtook the held record
+    assert dispatched[0][1] >= 0.3
+    assert dispatched[0][1] < 2.0  # one delay, not one per look
+    assert loop.stats.held_back == 1

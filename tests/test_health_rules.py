@@ -73,3 +73,32 @@ async def test_three_failed_heartbeats_in_a_row_open_the_circuit() -> None:
     assert breaker.state is BreakerState.OPEN
     assert calls == 6
     assert breaker.opened_count == 1
+
+
+class _Misconfigured(Exception):
+    fatal = True
+
+
+async def test_a_misconfigured_guard_seen_by_the_prober_stops_it_instead_of_staying_red() -> None:
+    breaker = CircuitBreaker()
+    for _ in range(20):
+        breaker.record(success=False)
+    assert breaker.state is BreakerState.OPEN
+
+    async def probe() -> None:
+        raise _Misconfigured("guard model 'x' is not served")
+
+    prober = asyncio.create_task(breaker.run_prober(probe))
+    done, _ = await asyncio.wait({prober}, timeout=5)
+    assert prober in done
+    assert isinstance(prober.exception(), _Misconfigured)
+
+
+async def test_a_misconfigured_guard_seen_by_the_heartbeat_stops_it() -> None:
+    async def check() -> None:
+        raise _Misconfigured("rejected key")
+
+    beat = asyncio.create_task(CircuitBreaker().run_heartbeat(check, period_s=0.01))
+    done, _ = await asyncio.wait({beat}, timeout=5)
+    assert beat in done
+    assert isinstance(beat.exception(), _Misconfigured)

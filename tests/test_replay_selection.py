@@ -282,3 +282,13 @@ def test_summary_counts_replayed_and_each_skip_cause() -> None:
     assert dry[0] == "would replay 0:0 id=a guard_rejected #1"
     assert dry[1] == "would replay 1 to t.requests"
     assert ReplayOptions().filter == Filter()
+
+
+def test_a_letter_with_a_bad_first_failure_time_matches_no_time_filter_and_breaks_nothing() -> None:
+    good = letter("good", 1)
+    junk = letter("junk", 2, first_failed_at="yesterday")
+    naive = letter("naive", 3, first_failed_at="2026-11-23T13:00:01")
+    since = Filter(since=datetime(2026, 11, 23, tzinfo=UTC))
+    assert [x.message_id for x in (good, junk, naive) if since.matches(x)] == ["good", "naive"]
+    assert all(Filter().matches(x) for x in (good, junk, naive))
+    assert Filter(reason="guard_rejected").matches(junk)

@@ -78,6 +78,11 @@ class Worker:
             # A pool passed in is not closed by aclose() unless asked: close it with the client.
             stack.push_async_callback(redis.aclose, close_connection_pool=True)
             await redis.ping()
+            # Readiness pings on a connection of their own: the pool above may be busy with records.
+            probe_redis = connect_redis(
+                settings.redis_url, max_connections=1, security=RedisSecurity.from_settings(settings)
+            )
+            stack.push_async_callback(probe_redis.aclose, close_connection_pool=True)
             guard = self.guard or build_backend(settings)
             await guard.start()
             stack.push_async_callback(guard.stop)
@@ -114,7 +119,7 @@ class Worker:
                 "lease-keeper": leases.run(),
                 "guard-prober": self.breaker.run_prober(guard.check),
                 "guard-heartbeat": self.breaker.run_heartbeat(guard.check, period_s=settings.heartbeat_s),
-                "health-checks": self.health.run_checks(consumer, redis),
+                "health-checks": self.health.run_checks(consumer, probe_redis),
                 "loop-watch": self.health.watch_loop(),
             }
             await self._serve(loop, stop, helpers)

@@ -22,6 +22,13 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 
+def _raise_if_fatal(exc: Exception) -> None:
+    """A misconfigured guard (wrong model, rejected key: errors marked ``fatal``) will not come back by
+    waiting: raise it, so the worker stops with its one clear line instead of staying red for ever."""
+    if getattr(exc, "fatal", False):
+        raise exc
+
+
 class BreakerState(enum.Enum):
     CLOSED = "green"
     HALF_OPEN = "yellow"
@@ -150,7 +157,8 @@ class CircuitBreaker:
                 continue
             try:
                 await probe()
-            except Exception as exc:  # any probe failure means: still down
+            except Exception as exc:  # any probe failure means: still down, unless it is misconfiguration
+                _raise_if_fatal(exc)
                 self._cooldown_s = min(self._cooldown_s * 2, self._policy.cooldown_max_s)
                 log.debug("guard probe failed: %s", exc)
                 continue
@@ -172,6 +180,7 @@ class CircuitBreaker:
             try:
                 await check()
             except Exception as exc:  # any failure of the heartbeat counts: the guard is not answering
+                _raise_if_fatal(exc)
                 failed += 1
                 log.warning("guard heartbeat failed (%d in a row): %s", failed, exc)
                 if failed >= failures_to_open:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from worker.guard.base import GuardRequest, GuardVerdict, Kind, Label
+from worker.settings import MIN_CHUNK_CHARS as SETTINGS_MIN_CHUNK_CHARS
 
 # The guard instructions of Qwen3Guard's chat template plus the reply's max_tokens (128): ~400 tokens,
 # rounded up so the estimate stays on the safe side.
@@ -19,7 +20,7 @@ OVERHEAD_TOKENS: Final = 512
 # Assuming 1 char/token for everything would cut every ordinary long text into twice the calls.
 CHARS_PER_TOKEN: Final = 2
 # Below this a chunk carries too little context to be judged fairly: dead-letter as context_length.
-MIN_CHUNK_CHARS: Final = 512
+MIN_CHUNK_CHARS: Final = SETTINGS_MIN_CHUNK_CHARS
 # Overlap: an eighth of the chunk, at most this many characters (a phrase up to this long is seen whole).
 MAX_OVERLAP_CHARS: Final = 2048
 # How far back from a hard boundary a cut may move to land after white space, as a fraction of the step.

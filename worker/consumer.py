@@ -38,6 +38,7 @@ class _Partition:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     committed: int | None = None
     due_at: float | None = None  # loop time at which a held-back retry partition's head record is due
+    held_offset: int | None = None  # the record it was held back for: dispatched without asking again
 
 
 @dataclass
@@ -138,7 +139,9 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
                 if part is None:
                     continue  # revoked while the fetch was under way: the new owner reads these
                 for record in records:
-                    wait_s = self._due_in_s(record)
+                    # A record held back once goes when its time comes: the hold is never renewed, so a due
+                    # time far in the future (a skewed clock, a forged header) costs one delay at most.
+                    wait_s = 0.0 if record.offset == part.held_offset else self._due_in_s(record)
                     if wait_s > 0:
                         self._hold_back(tp, part, record.offset, wait_s)
                         break
@@ -179,6 +182,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         """The head record of ``tp`` is not due yet: pause the partition and rewind to the record, so it
         (and everything behind it) is fetched again once due. Other partitions keep flowing."""
         part.due_at = asyncio.get_running_loop().time() + wait_s
+        part.held_offset = offset
         self.stats.held_back += 1
         self._consumer.seek(tp, offset)
         self._consumer.pause(tp)

@@ -11,7 +11,7 @@ import base64
 import json
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
@@ -103,8 +103,13 @@ async def read_all(settings: Settings) -> list[DeadLetter]:
         await consumer.stop()
 
 
-def _parse_time(raw: str) -> datetime:
-    return datetime.fromisoformat(raw.replace("Z", "+00:00"))
+def _parse_time(raw: str) -> datetime | None:
+    """An RFC 3339 time (UTC assumed when it has no offset), or None when it is not one."""
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def select(
@@ -145,7 +150,11 @@ class Filter:
             return False
         if self.error_class is not None and envelope.error_class != self.error_class:
             return False
+        if self.since is None and self.until is None:
+            return True
         failed_at = _parse_time(envelope.first_failed_at)
+        if failed_at is None:
+            return False  # a time filter cannot place a letter whose time is not a time
         return (self.since is None or failed_at >= self.since) and (
             self.until is None or failed_at < self.until
         )

@@ -23,7 +23,7 @@ from worker.errors import GuardContextOverflow, GuardError
 from worker.guard.base import GuardBackend, GuardRequest, GuardVerdict
 from worker.limiter import ConcurrencyLimiter
 from worker.metrics import Metrics
-from worker.retry import GuardCallFailed, RetryPolicy
+from worker.retry import GuardCallFailed, RetryPolicy, until_available
 from worker.store import VerdictStore
 from worker.throttle import Throttle
 
@@ -86,7 +86,7 @@ class GuardCaller:
         while True:
             parts = chunking.requests_for(request, budget, chunking.overlap_for(budget))
             try:
-                verdict, attempts = await self._judge(message_id, parts, made, fresh=fresh)
+                verdict, attempts = await self._judge(message_id, parts, budget, made, fresh=fresh)
                 return Answer(verdict, made + attempts, len(parts))
             except GuardCallFailed as failed:
                 made += failed.attempts
@@ -106,12 +106,17 @@ class GuardCaller:
                 budget = next_budget
 
     async def _judge(
-        self, message_id: str, parts: list[GuardRequest], made_before: int, *, fresh: bool
+        self, message_id: str, parts: list[GuardRequest], budget: int, made_before: int, *, fresh: bool
     ) -> tuple[GuardVerdict, int]:
         """One verdict over ``parts`` (one part: a plain call), and the attempts this cost."""
         if len(parts) == 1:
             return await self._until_answered(parts[0], made_before)
-        keys = [chunking.chunk_key(message_id, len(parts), index) for index in range(len(parts))]
+        # The budget and the model are part of the key: chunks cut another way (another window, another
+        # GUARDQ_CHUNK_CHARS) or judged by another model never stand in for these.
+        keys = [
+            f"{chunking.chunk_key(message_id, len(parts), index)}@{budget}:{self._guard.model}"
+            for index in range(len(parts))
+        ]
         cached = [None] * len(keys) if fresh else await self._store.load_chunks(keys)
         verdicts: list[GuardVerdict] = []
         made = 0
@@ -124,7 +129,10 @@ class GuardCaller:
             except GuardCallFailed as failed:
                 raise GuardCallFailed(failed.error, made + failed.attempts) from failed.error
             made += attempts
-            await self._store.save_chunk(key, _verdict_to_json(verdict))
+            await until_available(
+                functools.partial(self._store.save_chunk, key, _verdict_to_json(verdict)),
+                what=f"keeping chunk {key}",
+            )
             verdicts.append(verdict)
         return chunking.aggregate(verdicts, parts[0].kind), made
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 
@@ -32,7 +33,7 @@ from worker.guardcall import Answer, GuardCaller
 from worker.messages import ModerationRequest, Verdict, parse_request, utc_now_rfc3339
 from worker.metrics import Metrics
 from worker.outbox import Outbox
-from worker.retry import GuardCallFailed
+from worker.retry import GuardCallFailed, until_available
 from worker.schedule import RetrySchedule
 from worker.settings import Settings
 from worker.store import ClaimState, Lease, LeaseKeeper, VerdictStore
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 
 LEASE_POLL_MIN_S = 0.05
 LEASE_POLL_MAX_S = 1.0
-STORE_BACKOFF_MAX_S = 5.0
 
 
 class Outcome(enum.Enum):
@@ -135,7 +135,9 @@ class Pipeline:
         try:
             with self._leases.holding(lease):
                 try:
-                    answer = await self._caller.answer(request.id, request.guard_request(), fresh=forced)
+                    # A forced replay judges every chunk afresh, once: its retry hops reuse what it judged.
+                    fresh = forced and self._schedule.hops_taken(record) == 0
+                    answer = await self._caller.answer(request.id, request.guard_request(), fresh=fresh)
                 except GuardCallFailed as failed:
                     return await self._on_guard_failure(record, span, failed, carried + failed.attempts)
                 document = self._verdict(request, answer, span, carried, started).to_json()
@@ -167,7 +169,12 @@ class Pipeline:
                 attempts,
                 failed.error,
             )
-            await self._outbox.retry_later(record, span, failed.error, attempts=attempts, hop=hop)
+            await until_available(
+                functools.partial(
+                    self._outbox.retry_later, record, span, failed.error, attempts=attempts, hop=hop
+                ),
+                what=f"sending {record.topic}/{record.partition}@{record.offset} to {hop.topic}",
+            )
             self._metrics.retry_hops.labels(hop.topic).inc()
             span.set_attribute("guardq.retry.hop", hop.number)
             return Outcome.RETRY_SCHEDULED
@@ -185,23 +192,12 @@ class Pipeline:
     async def _store_verdict(self, lease: Lease, document: bytes, *, overwrite: bool) -> bytes:
         """Store the verdict, waiting out a Redis outage here rather than calling the guard again.
         Returns what is stored: ours, or the verdict of a worker that took over a lost lease first."""
-        backoff_s = 0.2
         with self._tracer.start_as_current_span("redis store", kind=SpanKind.CLIENT) as span:
             span.set_attribute("db.system.name", "redis")
-            while True:
-                try:
-                    return await self._store.save(lease, document, overwrite=overwrite)
-                except Exception as exc:
-                    if not is_infrastructure(exc):
-                        raise
-                    log.warning(
-                        "storing verdict of id=%s failed (%s); retrying in %.1f s",
-                        lease.message_id,
-                        exc,
-                        backoff_s,
-                    )
-                    await asyncio.sleep(backoff_s)
-                    backoff_s = min(backoff_s * 2, STORE_BACKOFF_MAX_S)
+            return await until_available(
+                functools.partial(self._store.save, lease, document, overwrite=overwrite),
+                what=f"storing the verdict of id={lease.message_id}",
+            )
 
     async def _release_quietly(self, lease: Lease) -> None:
         """Drop a lease; if Redis is down it expires by itself, and a cancellation must stay one."""
@@ -251,6 +247,9 @@ class Pipeline:
     async def _dead_letter(
         self, record: ConsumerRecord, span: Span, error: GuardqError, *, attempts: int
     ) -> None:
-        reason = await self._outbox.dead_letter(record, span, error, attempts=attempts)
+        reason = await until_available(
+            functools.partial(self._outbox.dead_letter, record, span, error, attempts=attempts),
+            what=f"dead-lettering {record.topic}/{record.partition}@{record.offset}",
+        )
         span.set_attribute("guardq.error.reason", reason)
         self._metrics.dead_letters.labels(reason).inc()

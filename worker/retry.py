@@ -2,11 +2,15 @@
 exponential backoff with jitter, only for transient errors, honouring a server's Retry-After.
 
 Nothing else in guardq retries guard calls, so the attempt counts reported in verdicts and dead-letter
-headers are exact.
+headers are exact. ``until_available`` is the other kind of retry: a write that must not be lost (a
+verdict, a chunk verdict, a retry hop, a dead letter) waits out a Redis or Kafka outage in place, so the
+guard calls already paid for are not made again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -20,9 +24,28 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from worker.errors import GuardError, is_transient
+from worker.errors import GuardError, is_infrastructure, is_transient
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+AVAILABLE_BACKOFF_INITIAL_S = 0.2
+AVAILABLE_BACKOFF_MAX_S = 5.0
+
+
+async def until_available(operation: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """Run ``operation`` until it succeeds, waiting out infrastructure errors (Redis, Kafka unavailable)
+    with growing pauses; any other error propagates, and so does a cancellation (a drain deadline)."""
+    backoff_s = AVAILABLE_BACKOFF_INITIAL_S
+    while True:
+        try:
+            return await operation()
+        except Exception as exc:
+            if not is_infrastructure(exc):
+                raise
+            log.warning("%s failed (%s: %s); retrying in %.1f s", what, type(exc).__name__, exc, backoff_s)
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, AVAILABLE_BACKOFF_MAX_S)
 
 
 class GuardCallFailed(Exception):

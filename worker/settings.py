@@ -13,6 +13,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import urlparse
 
+# The smallest chunk that still carries enough context to be judged (worker.chunking.MIN_CHUNK_CHARS).
+MIN_CHUNK_CHARS = 512
+
 
 class SettingsError(ValueError):
     """A setting has a bad value; the message is one line naming the variable."""
@@ -52,10 +55,13 @@ def _replication(raw: str) -> int | None:
     return _positive_int(raw)
 
 
-def _auto_or_positive_int(raw: str) -> int | None:
+def _chunk_chars(raw: str) -> int | None:
     if raw.strip().lower() == "auto":
         return None
-    return _positive_int(raw)
+    value = _positive_int(raw)
+    if value < MIN_CHUNK_CHARS:
+        raise ValueError(f"must be 'auto' or at least {MIN_CHUNK_CHARS}")
+    return value
 
 
 def _text(raw: str) -> str:
@@ -206,7 +212,7 @@ SPECS: tuple[Spec, ...] = (
         "chunk_chars",
         "GUARDQ_CHUNK_CHARS",
         "auto",
-        _auto_or_positive_int,
+        _chunk_chars,
         "chars per guard call before a text is split (auto: from the guard's context window)",
     ),
     Spec("topic_partitions", "GUARDQ_TOPIC_PARTITIONS", "8", _positive_int, "partitions of created topics"),

@@ -59,9 +59,9 @@ async def broker_view(settings: Settings) -> BrokerView:
     """Committed offsets and highwater marks of the input and retry topics, and the DLQ's size."""
     consumer = kafka.make_consumer(settings, group_id=None)
     admin = AIOKafkaAdminClient(**kafka.connection_options(settings), request_timeout_ms=10_000)
-    await consumer.start()
-    await admin.start()
     try:
+        await consumer.start()
+        await admin.start()
         await consumer.topics()
         tps = [
             TopicPartition(topic, p)

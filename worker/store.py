@@ -3,7 +3,8 @@
 Keys (``P`` = GUARDQ_REDIS_PREFIX):
 - ``P verdict:<id>``  the verdict JSON, TTL = GUARDQ_VERDICT_TTL_S (the deduplication window);
 - ``P lease:<id>``    the token of the worker moderating ``id`` now; short TTL, renewed by its holder;
-- ``P chunk:<id>#chunk<i>/<n>``  the guard verdict of chunk i of n of a long text, so a redelivery does not
+- ``P chunk:<id>#chunk<i>/<n>@<chars>:<model>``  the guard verdict of chunk i of n (cut at most <chars>
+  long) of a long text, so a redelivery does not
   pay for it again; TTL one day (or the verdict TTL, if shorter);
 - ``P dlq:replayed``  a hash, field ``<dlq topic>/<partition>/<offset>`` per dead letter `guardq dlq replay`
   republished, value JSON ``{"at": rfc3339, "replay_count": n, "forced": bool}``; no TTL, never pruned
