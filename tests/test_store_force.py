@@ -13,6 +13,7 @@ from worker.store import (
     ClaimState,
     ReplayMark,
     VerdictStore,
+    authorise_force,
     ids_with_verdict,
     mark_replayed,
     replay_marks,
@@ -35,8 +36,8 @@ def store(redis: Redis, redis_prefix: str) -> VerdictStore:
     return VerdictStore(redis, prefix=redis_prefix, verdict_ttl_s=600, lease_ttl_s=5)
 
 
-async def test_forced_claim_ignores_the_stored_verdict_and_overwriting_save_replaces_it(
-    store: VerdictStore, redis: Redis
+async def test_authorised_force_ignores_the_stored_verdict_overwrites_it_and_is_used_up(
+    store: VerdictStore, redis: Redis, redis_prefix: str
 ) -> None:
     claim, lease = await store.claim("m1")
     assert claim.state is ClaimState.ACQUIRED and lease is not None
@@ -46,35 +47,52 @@ async def test_forced_claim_ignores_the_stored_verdict_and_overwriting_save_repl
     assert unforced.state is ClaimState.VERDICT and none is None
     assert unforced.verdict == b'{"id": "m1", "label": "unsafe"}'
 
-    forced, forced_lease = await store.claim("m1", force=True)
+    await authorise_force(redis, redis_prefix, "m1", "0:7", ttl_s=600)
+    forced, forced_lease = await store.claim("m1", force_token="0:7")
     assert forced.state is ClaimState.ACQUIRED and forced_lease is not None
     # While the forced delivery holds the lease, another forced or plain delivery of the id waits.
-    busy, _ = await store.claim("m1", force=True)
+    busy, _ = await store.claim("m1", force_token="0:7")
     assert busy.state is ClaimState.BUSY and busy.lease_ttl_ms > 0
     assert (await store.claim("m1"))[0].state is ClaimState.VERDICT  # the old verdict still answers
 
-    stored = await store.save(forced_lease, b'{"id": "m1", "label": "safe"}', overwrite=True)
+    stored = await store.save(forced_lease, b'{"id": "m1", "label": "safe"}', force_token="0:7")
     assert stored == b'{"id": "m1", "label": "safe"}'
     assert await redis.get(store.verdict_key("m1")) == b'{"id": "m1", "label": "safe"}'
     assert await redis.exists(store.lease_key("m1")) == 0
     assert 0 < await redis.ttl(store.verdict_key("m1")) <= 600
+    # Used up: a redelivery of the same forced record is an ordinary duplicate now.
+    assert await redis.exists(store.force_key("m1")) == 0
+    again, _ = await store.claim("m1", force_token="0:7")
+    assert again.state is ClaimState.VERDICT and again.verdict == b'{"id": "m1", "label": "safe"}'
 
 
-async def test_default_save_keeps_the_first_verdict_even_after_a_forced_claim(store: VerdictStore) -> None:
+async def test_a_force_header_without_the_token_in_redis_forces_nothing(
+    store: VerdictStore, redis: Redis, redis_prefix: str
+) -> None:
     _, first = await store.claim("m2")
     assert first is not None
     await store.save(first, b"first")
-    _, forced = await store.claim("m2", force=True)
-    assert forced is not None
-    # A forced claim without an overwriting save changes nothing: first verdict wins, lease dropped.
-    assert await store.save(forced, b"second") == b"first"
-    assert (await store.claim("m2"))[0].verdict == b"first"
+    # A producer that sets guardq.force on its own record cannot replace someone's verdict.
+    forged, _ = await store.claim("m2", force_token="0:1")
+    assert forged.state is ClaimState.VERDICT and forged.verdict == b"first"
+    # Nor with another replay's token.
+    await authorise_force(redis, redis_prefix, "m2", "0:2", ttl_s=600)
+    wrong, _ = await store.claim("m2", force_token="0:1")
+    assert wrong.state is ClaimState.VERDICT
+    # A save whose token does not stand keeps the first verdict.
+    _, lease = await store.claim("m2", force_token="0:2")
+    assert lease is not None
+    await redis.delete(store.force_key("m2"))  # e.g. expired meanwhile
+    assert await store.save(lease, b"second", force_token="0:2") == b"first"
 
 
-async def test_forced_claim_of_an_id_without_verdict_is_an_ordinary_claim(store: VerdictStore) -> None:
-    claim, lease = await store.claim("m3", force=True)
+async def test_forced_claim_of_an_id_without_verdict_is_an_ordinary_claim(
+    store: VerdictStore, redis: Redis, redis_prefix: str
+) -> None:
+    await authorise_force(redis, redis_prefix, "m3", "1:3", ttl_s=600)
+    claim, lease = await store.claim("m3", force_token="1:3")
     assert claim.state is ClaimState.ACQUIRED and lease is not None
-    assert await store.save(lease, b"only", overwrite=True) == b"only"
+    assert await store.save(lease, b"only", force_token="1:3") == b"only"
 
 
 async def test_ids_with_verdict_and_replay_marks_read_back_in_batches(

@@ -47,7 +47,9 @@ H_REPLAY_COUNT = _P + "replay_count"
 H_HISTORY = _P + "history"
 H_RETRY_HOP = _P + "retry.hop"
 H_RETRY_DUE_AT = _P + "retry.due_at"
-H_FORCE = _P + "force"  # "1" (set by `guardq dlq replay --force`): moderate again, overwrite the verdict
+# "1" (set by `guardq dlq replay --force`): moderate again and overwrite the verdict, if Redis holds the
+# replay's token (its guardq.replayed_from) for the id: a header alone forces nothing.
+H_FORCE = _P + "force"
 H_REPLAYED_FROM = _P + "replayed_from"  # "<dlq partition>:<offset>" of the dead letter a replay came from
 H_TRACEPARENT = "traceparent"
 
@@ -238,3 +240,14 @@ def carried_number(headers: Sequence[tuple[str, bytes]], name: str) -> int:
 def is_forced(headers: Sequence[tuple[str, bytes | None]] | None) -> bool:
     """Whether a record's headers ask for a forced replay (moderate again, overwrite the verdict)."""
     return any(name == H_FORCE and value == b"1" for name, value in headers or ())
+
+
+def force_token(headers: Sequence[tuple[str, bytes | None]] | None) -> str | None:
+    """The token a forced replay carries (its ``guardq.replayed_from``), to be matched against the one
+    `guardq dlq replay --force` wrote to Redis; None when the record asks for no force."""
+    if not is_forced(headers):
+        return None
+    for name, value in headers or ():
+        if name == H_REPLAYED_FROM and value:
+            return value.decode("utf-8", errors="replace")
+    return None

@@ -27,7 +27,7 @@ from opentelemetry.trace import Span, SpanKind, Tracer
 from redis.exceptions import RedisError
 
 from worker import tracing
-from worker.dlq import is_forced
+from worker.dlq import force_token
 from worker.errors import GuardqError, InternalError, InvalidInput, is_infrastructure, one_line
 from worker.guardcall import Answer, GuardCaller
 from worker.messages import ModerationRequest, Verdict, parse_request, utc_now_rfc3339
@@ -125,8 +125,9 @@ class Pipeline:
     async def _moderate(
         self, record: ConsumerRecord, request: ModerationRequest, span: Span, started: float
     ) -> Outcome:
-        forced = is_forced(record.headers or ())  # `guardq dlq replay --force`: moderate again, overwrite
-        lease = await self._wait_for_lease(request.id, force=forced)
+        # `guardq dlq replay --force`: moderate again and overwrite, if Redis holds the replay's token.
+        forcing = force_token(record.headers or ())
+        lease = await self._wait_for_lease(request.id, force_token=forcing)
         if isinstance(lease, bytes):
             await self._publish(request.id, lease, span)
             return Outcome.DUPLICATE
@@ -136,12 +137,12 @@ class Pipeline:
             with self._leases.holding(lease):
                 try:
                     # A forced replay judges every chunk afresh, once: its retry hops reuse what it judged.
-                    fresh = forced and self._schedule.hops_taken(record) == 0
+                    fresh = forcing is not None and self._schedule.hops_taken(record) == 0
                     answer = await self._caller.answer(request.id, request.guard_request(), fresh=fresh)
                 except GuardCallFailed as failed:
                     return await self._on_guard_failure(record, span, failed, carried + failed.attempts)
                 document = self._verdict(request, answer, span, carried, started).to_json()
-                stored = await self._store_verdict(lease, document, overwrite=forced)
+                stored = await self._store_verdict(lease, document, force_token=forcing)
         finally:
             if stored is None:  # no verdict stored: free the id for the next delivery at once
                 await self._release_quietly(lease)
@@ -189,13 +190,13 @@ class Pipeline:
         await self._dead_letter(record, span, failed.error, attempts=attempts)
         return Outcome.DEAD_LETTERED
 
-    async def _store_verdict(self, lease: Lease, document: bytes, *, overwrite: bool) -> bytes:
+    async def _store_verdict(self, lease: Lease, document: bytes, *, force_token: str | None) -> bytes:
         """Store the verdict, waiting out a Redis outage here rather than calling the guard again.
         Returns what is stored: ours, or the verdict of a worker that took over a lost lease first."""
         with self._tracer.start_as_current_span("redis store", kind=SpanKind.CLIENT) as span:
             span.set_attribute("db.system.name", "redis")
             return await until_available(
-                functools.partial(self._store.save, lease, document, overwrite=overwrite),
+                functools.partial(self._store.save, lease, document, force_token=force_token),
                 what=f"storing the verdict of id={lease.message_id}",
             )
 
@@ -208,12 +209,12 @@ class Pipeline:
                 "could not release the lease of id=%s (%s); it expires by itself", lease.message_id, exc
             )
 
-    async def _wait_for_lease(self, message_id: str, *, force: bool) -> Lease | bytes:
-        """Take the in-flight lease, or return the stored verdict (ignored with ``force``). Waits while
+    async def _wait_for_lease(self, message_id: str, *, force_token: str | None) -> Lease | bytes:
+        """Take the in-flight lease, or return the stored verdict (ignored for a standing force token). Waits while
         another delivery holds the lease."""
         poll_s = LEASE_POLL_MIN_S
         while True:
-            claim, lease = await self._store.claim(message_id, force=force)
+            claim, lease = await self._store.claim(message_id, force_token=force_token)
             if claim.state is ClaimState.ACQUIRED and lease is not None:
                 return lease
             if claim.state is ClaimState.VERDICT and claim.verdict is not None:

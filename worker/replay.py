@@ -52,6 +52,7 @@ from worker.settings import Settings
 from worker.store import (
     RedisSecurity,
     ReplayMark,
+    authorise_force,
     connect_redis,
     ids_with_verdict,
     mark_replayed,
@@ -347,6 +348,15 @@ async def _republish(
         await producer.start()
         for start in range(0, len(letters), batch):
             chunk = letters[start : start + batch]
+            if options.force:  # the worker forces only what Redis authorises: a header alone is not enough
+                for letter in chunk:
+                    await authorise_force(
+                        redis,
+                        settings.redis_prefix,
+                        letter.message_id,
+                        letter.coordinates,
+                        ttl_s=settings.verdict_ttl_s,
+                    )
             results = await _send_chunk(
                 producer, settings.input_topic, chunk, pacer, force=options.force, tracer=tracer
             )

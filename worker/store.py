@@ -6,6 +6,8 @@ Keys (``P`` = GUARDQ_REDIS_PREFIX):
 - ``P chunk:<id>#chunk<i>/<n>@<chars>:<model>``  the guard verdict of chunk i of n (cut at most <chars>
   long) of a long text, so a redelivery does not
   pay for it again; TTL one day (or the verdict TTL, if shorter);
+- ``P force:<id>``    the token of a forced replay (`guardq dlq replay --force`) allowed to moderate ``id``
+  again and overwrite its verdict; the worker deletes it with that store (one use); TTL = verdict TTL;
 - ``P dlq:replayed``  a hash, field ``<dlq topic>/<partition>/<offset>`` per dead letter `guardq dlq replay`
   republished, value JSON ``{"at": rfc3339, "replay_count": n, "forced": bool}``; no TTL, never pruned
   (one small field per replayed dead letter), so ``dlq list --pending`` knows what is left.
@@ -35,9 +37,10 @@ log = logging.getLogger(__name__)
 CHUNK_TTL_S = 86_400
 
 # One round trip: a stored verdict wins; else take the lease if free; else report who holds it for how long.
-# ARGV[3] = '1' (a forced replay) ignores the stored verdict: the message is moderated again.
+# A forced replay (ARGV[3] = its token, equal to the value `guardq dlq replay --force` wrote at KEYS[3])
+# ignores the stored verdict: the message is moderated again. A header alone, without that key, forces nothing.
 _CLAIM = """
-if ARGV[3] ~= '1' then
+if ARGV[3] == '' or redis.call('GET', KEYS[3]) ~= ARGV[3] then
   local verdict = redis.call('GET', KEYS[1])
   if verdict then return {1, verdict} end
 end
@@ -47,10 +50,13 @@ return {3, tostring(redis.call('PTTL', KEYS[2]))}
 
 # Store the verdict and drop our lease together, so no reader sees neither. The first verdict wins:
 # if another worker took over a lease we lost and stored first, its verdict is returned instead.
-# ARGV[4] = '1' (a forced replay) overwrites whatever is stored: the new verdict is the one kept.
+# A forced replay whose token still stands at KEYS[3] overwrites whatever is stored, and uses the token up:
+# a redelivery of the same record afterwards finds the new verdict like any duplicate.
 _SAVE = """
 if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
-if ARGV[4] ~= '1' then
+if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then
+  redis.call('DEL', KEYS[3])
+else
   local existing = redis.call('GET', KEYS[1])
   if existing then return existing end
 end
@@ -148,6 +154,16 @@ async def delete_prefix(url: str, prefix: str, *, batch: int = 5000) -> int:
 def verdict_key(prefix: str, message_id: str) -> str:
     """The key of ``message_id``'s stored verdict."""
     return f"{prefix}verdict:{message_id}"
+
+
+def force_key(prefix: str, message_id: str) -> str:
+    """Where `guardq dlq replay --force` authorises one forced moderation of ``message_id``."""
+    return f"{prefix}force:{message_id}"
+
+
+async def authorise_force(redis: Redis, prefix: str, message_id: str, token: str, *, ttl_s: int) -> None:
+    """Let the forced replay carrying ``token`` moderate ``message_id`` again, once (the worker uses it up)."""
+    await redis.set(force_key(prefix, message_id), token, ex=ttl_s)
 
 
 def replayed_key(prefix: str) -> str:
@@ -255,12 +271,15 @@ class VerdictStore:
     def lease_key(self, message_id: str) -> str:
         return f"{self._prefix}lease:{message_id}"
 
-    async def claim(self, message_id: str, *, force: bool = False) -> tuple[Claim, Lease | None]:
-        """Look up the verdict and, if there is none, try to take the in-flight lease. With ``force``
-        (a forced replay) a stored verdict is ignored and only the lease decides."""
+    def force_key(self, message_id: str) -> str:
+        return force_key(self._prefix, message_id)
+
+    async def claim(self, message_id: str, *, force_token: str | None = None) -> tuple[Claim, Lease | None]:
+        """Look up the verdict and, if there is none, try to take the in-flight lease. With the
+        ``force_token`` of a forced replay that Redis still holds, a stored verdict is ignored."""
         token = uuid.uuid4().hex
-        keys = [self.verdict_key(message_id), self.lease_key(message_id)]
-        args: list[str | int] = [token, self._lease_ttl_ms, "1" if force else "0"]
+        keys = [self.verdict_key(message_id), self.lease_key(message_id), self.force_key(message_id)]
+        args: list[str | int] = [token, self._lease_ttl_ms, force_token or ""]
         code, payload = await self._claim(keys=keys, args=args)
         if code == 1:
             return Claim(ClaimState.VERDICT, verdict=bytes(payload)), None
@@ -268,17 +287,17 @@ class VerdictStore:
             return Claim(ClaimState.ACQUIRED), Lease(message_id, token)
         return Claim(ClaimState.BUSY, lease_ttl_ms=max(0, int(payload))), None
 
-    async def save(self, lease: Lease, verdict_json: bytes, *, overwrite: bool = False) -> bytes:
+    async def save(self, lease: Lease, verdict_json: bytes, *, force_token: str | None = None) -> bytes:
         """Store the verdict with its TTL and release the lease; returns the verdict that is stored
-        (``verdict_json``, or one stored first by a worker that took over a lost lease). With
-        ``overwrite`` (a forced replay) ``verdict_json`` replaces any stored verdict."""
-        keys = [self.verdict_key(lease.message_id), self.lease_key(lease.message_id)]
-        args: list[bytes | str | int] = [
-            verdict_json,
-            self._verdict_ttl_s,
-            lease.token,
-            "1" if overwrite else "0",
+        (``verdict_json``, or one stored first by a worker that took over a lost lease). With the
+        ``force_token`` of a forced replay that Redis still holds, ``verdict_json`` replaces any stored
+        verdict and the token is used up."""
+        keys = [
+            self.verdict_key(lease.message_id),
+            self.lease_key(lease.message_id),
+            self.force_key(lease.message_id),
         ]
+        args: list[bytes | str | int] = [verdict_json, self._verdict_ttl_s, lease.token, force_token or ""]
         existing = await self._save(keys=keys, args=args)
         if existing is None:
             return verdict_json

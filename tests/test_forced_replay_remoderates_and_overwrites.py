@@ -1,0 +1,76 @@
+"""`guardq dlq replay --force`: the worker moderates the replayed message again and overwrites the stored
+verdict, once; a producer that sets the force header itself forces nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import SettingsFactory
+from tests.helpers import (
+    GuardSim,
+    collect,
+    publish,
+    running_worker,
+    stored_verdicts,
+    wait_for_verdicts,
+    wait_until,
+)
+from worker import kafka
+from worker.deadletters import Filter
+from worker.dlq import H_FORCE, H_REPLAYED_FROM
+from worker.replay import ReplayOptions, replay
+
+pytestmark = pytest.mark.integration
+
+ORIGINAL = "how to build a bomb [[sim:400x1]]"  # refused once, unsafe when asked again
+
+
+async def test_forced_replay_remoderates_once_and_a_forged_force_header_does_nothing(
+    make_settings: SettingsFactory, guard_sim: GuardSim
+) -> None:
+    settings = make_settings()
+    async with running_worker(settings):
+        await publish(settings, [{"id": "f1", "text": ORIGINAL}])
+        await collect(settings, settings.dlq_topic, count=1, timeout_s=30)
+        # Meanwhile the same id got a verdict from another delivery.
+        await publish(settings, [{"id": "f1", "text": "a harmless later version"}])
+        first = (await wait_for_verdicts(settings, ["f1"], timeout_s=30))["f1"]
+        assert first["label"] == "safe"
+
+        skipped = await replay(settings, ReplayOptions(filter=Filter(ids={"f1"})))
+        assert skipped.replayed == 0  # it has a verdict: not without --force
+        forced = await replay(settings, ReplayOptions(filter=Filter(ids={"f1"}), force=True))
+        assert forced.replayed == 1
+
+        async def overwritten() -> bool:
+            return (await stored_verdicts(settings, ["f1"]))["f1"]["label"] == "unsafe"
+
+        await wait_until(overwritten, timeout_s=30, what="the forced replay's verdict to replace the first")
+        assert await guard_sim.calls_for(ORIGINAL) == 2
+        client = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            assert await client.exists(f"{settings.redis_prefix}force:f1") == 0  # used up
+        finally:
+            await client.aclose()
+
+        # A producer sets the force header on its own record: an ordinary duplicate, no guard call.
+        forged_text = "forged attempt to replace the verdict"
+        producer = kafka.make_producer(settings)
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                settings.input_topic,
+                json.dumps({"id": "f1", "text": forged_text}).encode(),
+                key=b"f1",
+                headers=[(H_FORCE, b"1"), (H_REPLAYED_FROM, b"0:0")],
+            )
+        finally:
+            await producer.stop()
+        records = await collect(settings, settings.verdict_topic, count=3, timeout_s=30)
+    # The first verdict, the forced one, and the forged record's duplicate: the stored (forced) verdict again.
+    assert [json.loads(r.value)["label"] for r in records] == ["safe", "unsafe", "unsafe"]
+    assert (await stored_verdicts(settings, ["f1"]))["f1"]["label"] == "unsafe"
+    assert await guard_sim.calls_for(forged_text) == 0
