@@ -47,6 +47,7 @@ def build_messages(request: GuardRequest) -> list[dict[str, str]]:
 
 
 QUOTE_PROBE_CHARS = 24
+PROBE_TIMEOUT_S = 10.0  # a models listing answers fast; waiting longer only delays noticing an outage
 
 
 def scrub_input(body: bytes, contents: list[str]) -> bytes:
@@ -107,6 +108,7 @@ class Qwen3GuardBackend(AsyncLifecycle):
         self._shown_url = _without_credentials(self._base_url)
         self._model = model
         self._context_window: int | None = None
+        self._probe_session: aiohttp.ClientSession | None = None
         # The key is kept only to build the header and to scrub it from server-echoed messages.
         self._api_key = api_key or None
         self._timeout_s = timeout_s
@@ -141,12 +143,20 @@ class Qwen3GuardBackend(AsyncLifecycle):
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout_s)
         )
+        # Start-up checks, probes and heartbeats get connections of their own: a pool full of slow
+        # moderation calls must not make a healthy guard look down.
+        self._probe_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=2, ssl=self._ssl),
+            timeout=aiohttp.ClientTimeout(total=min(self._timeout_s, PROBE_TIMEOUT_S)),
+        )
 
     async def stop(self) -> None:
         """Close the session and its connections; calling it again is a no-op."""
         session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        probe, self._probe_session = self._probe_session, None
+        for each in (session, probe):
+            if each is not None:
+                await each.close()
 
     async def moderate(self, request: GuardRequest) -> GuardVerdict:
         """Moderate one prompt or response; raises a ``GuardError`` subclass on failure."""
@@ -178,7 +188,7 @@ class Qwen3GuardBackend(AsyncLifecycle):
 
         Raises GuardConfigError if the model is not listed, GuardUnavailable/GuardTimeout if unreachable.
         """
-        status, headers, body = await self._call("GET", "/models")
+        status, headers, body = await self._call("GET", "/models", probe=True)
         if status != 200:
             raise self._http_error(status, headers, body)
         served = model_ids(body)
@@ -207,14 +217,15 @@ class Qwen3GuardBackend(AsyncLifecycle):
         return headers
 
     async def _call(
-        self, method: str, path: str, payload: Mapping[str, Any] | None = None
+        self, method: str, path: str, payload: Mapping[str, Any] | None = None, *, probe: bool = False
     ) -> tuple[int, Mapping[str, str], bytes]:
         """One HTTP exchange: (status, headers, body), with transport failures mapped to GuardErrors."""
-        if self._session is None:
+        session = self._probe_session if probe else self._session
+        if session is None:
             raise RuntimeError("Qwen3GuardBackend.start() was not called")
         url = self._base_url + path
         try:
-            async with self._session.request(method, url, json=payload, headers=self._headers()) as resp:
+            async with session.request(method, url, json=payload, headers=self._headers()) as resp:
                 return resp.status, resp.headers, await resp.read()
         except TimeoutError as exc:
             # Caught before ClientError: aiohttp's connect/read timeouts subclass both.
