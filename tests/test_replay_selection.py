@@ -23,16 +23,8 @@ from worker.dlq import (
     is_forced,
 )
 from worker.outbox import H_VALUE_TRUNCATED_FROM
-from worker.replay import (
-    Pacer,
-    Progress,
-    ReplayOptions,
-    Skip,
-    Summary,
-    parse_rate,
-    plan,
-    replay_headers,
-)
+from worker.replay import ReplayOptions, Skip, Summary, plan, replay_headers
+from worker.replay_pacing import Pacer, Progress, parse_rate
 from worker.store import replayed_field
 
 DLQ = "t.dlq"

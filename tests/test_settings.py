@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.settings import SPECS, Settings, SettingsError, add_flags, overrides_from, parse_duration_s
+from worker.settings import SPECS, Settings, SettingsError, add_flags, overrides_from
+from worker.settings_values import parse_duration_s
 
 ROOT = Path(__file__).resolve().parent.parent
 

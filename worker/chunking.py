@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from worker.guard.base import GuardRequest, GuardVerdict, Kind, Label
-from worker.settings import MIN_CHUNK_CHARS as SETTINGS_MIN_CHUNK_CHARS
+from worker.settings_values import MIN_CHUNK_CHARS as SETTINGS_MIN_CHUNK_CHARS
 
 # The guard instructions of Qwen3Guard's chat template plus the reply's max_tokens (128): ~400 tokens,
 # rounded up so the estimate stays on the safe side.

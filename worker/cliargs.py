@@ -62,7 +62,7 @@ def dlq_reason(raw: str) -> str:
 
 
 def replay_rate(raw: str) -> float:
-    from worker.replay import parse_rate
+    from worker.replay_pacing import parse_rate
 
     try:
         return parse_rate(raw)

@@ -19,7 +19,8 @@ from aiokafka.structs import ConsumerRecord
 
 from worker.dlq import H_ATTEMPTS, H_RETRY_DUE_AT, carried_number
 from worker.messages import format_rfc3339
-from worker.settings import Settings, parse_duration_s
+from worker.settings import Settings
+from worker.settings_values import parse_duration_s
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,162 @@
+"""How each setting's text becomes a value: the parsers ``worker.settings.SPECS`` names. Each raises
+``ValueError`` with a short reason; ``Settings.load`` turns that into a one-line error naming the variable."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlparse
+
+# The smallest chunk that still carries enough context to be judged (worker.chunking.MIN_CHUNK_CHARS).
+MIN_CHUNK_CHARS = 512
+
+
+def _number(raw: str, kind: type[int] | type[float], what: str) -> float:
+    try:
+        return kind(raw.strip())
+    except ValueError:
+        raise ValueError(f"must be {what}") from None
+
+
+def _positive_int(raw: str) -> int:
+    value = int(_number(raw, int, "a positive integer"))
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = _number(raw, float, "a positive number")
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(_number(raw, int, "a port number 0..65535"))
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number 0..65535")
+    return value
+
+
+def _replication(raw: str) -> int | None:
+    if raw.strip().lower() == "auto":
+        return None  # min(3, brokers in the cluster)
+    return _positive_int(raw)
+
+
+def _chunk_chars(raw: str) -> int | None:
+    if raw.strip().lower() == "auto":
+        return None
+    value = _positive_int(raw)
+    if value < MIN_CHUNK_CHARS:
+        raise ValueError(f"must be 'auto' or at least {MIN_CHUNK_CHARS}")
+    return value
+
+
+def _text(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def _optional_text(raw: str) -> str | None:
+    return raw or None
+
+
+def _topic(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,200}", raw):
+        raise ValueError("must be a Kafka topic name (letters, digits, '.', '_', '-')")
+    return raw
+
+
+def _bootstrap(raw: str) -> str:
+    for server in raw.split(","):
+        host, sep, port = server.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"{server.strip()!r} is not host:port")
+    return raw
+
+
+def _redis_url(raw: str) -> str:
+    if urlparse(raw).scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return raw
+
+
+def _http_url(raw: str) -> str:
+    parsed = urlparse(raw)
+    if parsed.scheme not in {"http", "https"} or not parsed.netloc:
+        raise ValueError("must be an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
+def _backend(raw: str) -> str:
+    if raw not in {"qwen3guard", "local"}:
+        raise ValueError("must be 'qwen3guard' or 'local'")
+    return raw
+
+
+def _security_protocol(raw: str) -> str:
+    value = raw.upper()
+    if value not in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}:
+        raise ValueError("must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    return value
+
+
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _sasl_mechanism(raw: str) -> str | None:
+    value = raw.strip().upper()
+    if not value:
+        return None
+    if value not in _SASL_MECHANISMS:
+        raise ValueError(f"must be one of {', '.join(_SASL_MECHANISMS)}")
+    return value
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _optional_file(raw: str) -> str | None:
+    """A path to a readable file (a CA bundle, certificate or key), checked now rather than at the first
+    TLS handshake, where the error would name neither the file nor the variable."""
+    path = raw.strip()
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise ValueError(f"cannot read the file: {exc.strerror or exc}") from None
+    return path
+
+
+_DURATION = re.compile(r"(\d+)(ms|s|m|h)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration_s(raw: str) -> float:
+    """Parse ``250ms``, ``10s``, ``1m`` or ``2h`` into seconds."""
+    match = _DURATION.fullmatch(raw.strip())
+    if not match or int(match.group(1)) <= 0:
+        raise ValueError(f"{raw.strip()!r} is not a duration like 10s, 1m, 2h")
+    return int(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def _retry_schedule(raw: str) -> tuple[str, ...]:
+    steps = tuple(step.strip() for step in raw.split(",") if step.strip())
+    if not steps:
+        raise ValueError("must list at least one delay, like 10s,1m,10m")
+    delays = [parse_duration_s(step) for step in steps]
+    if delays != sorted(delays):
+        raise ValueError("delays must not decrease")
+    return steps
