@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from worker import __version__
 from worker.breaker import CircuitBreaker
 from worker.consumer import FetchLoop
+from worker.errors import one_line
 from worker.limiter import ConcurrencyLimiter
 from worker.metrics import LiveState, Metrics
 from worker.settings import Settings
@@ -174,7 +175,7 @@ async def _check(probe: Any) -> str:
     try:
         await asyncio.wait_for(probe, CHECK_TIMEOUT_S)
     except Exception as exc:  # any failure means "not reachable"; say which
-        return f"{type(exc).__name__}: {exc}"[:200] or type(exc).__name__
+        return one_line(f"{type(exc).__name__}: {exc}", 200)
     return "ok"
 
 

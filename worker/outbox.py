@@ -75,9 +75,9 @@ class Outbox:
         """Send the record, bytes unchanged, to the DLQ with the failure in headers. Returns the reason."""
         envelope = self._envelope(record, span, error, attempts)
         headers = carried_headers(record.headers or ()) + envelope.to_headers()
-        with self._span(self._dlq_topic, _key_text(record.key)) as span:
+        with self._span(self._dlq_topic, _key_text(record.key)) as sending:
             try:
-                await self._send(span, self._dlq_topic, record.value, record.key, headers)
+                await self._send(sending, self._dlq_topic, record.value, record.key, headers)
             except MessageSizeTooLargeError:
                 # The broker takes the original but not the original plus headers. Keep a bounded prefix;
                 # the headers name the input coordinates where the whole value still is.
@@ -89,7 +89,7 @@ class Outbox:
                 )
                 headers.append((H_VALUE_TRUNCATED_FROM, str(size).encode()))
                 value = (record.value or b"")[:TRUNCATED_VALUE_BYTES]
-                await self._send(span, self._dlq_topic, value, record.key, headers)
+                await self._send(sending, self._dlq_topic, value, record.key, headers)
         return envelope.error_reason
 
     async def retry_later(
@@ -101,8 +101,8 @@ class Outbox:
             self._envelope(record, span, error, attempts), retry_hop=hop.number, due_at=hop.due_at
         )
         headers = carried_headers(record.headers or (), keep=KEPT_ON_RETRY) + envelope.to_headers()
-        with self._span(hop.topic, _key_text(record.key)) as span:
-            await self._send(span, hop.topic, record.value, record.key, headers)
+        with self._span(hop.topic, _key_text(record.key)) as sending:
+            await self._send(sending, hop.topic, record.value, record.key, headers)
 
     @contextmanager
     def _span(self, topic: str, message_id: str | None) -> Iterator[Span]:

@@ -8,6 +8,7 @@ the dead-letter topic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +18,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from worker import kafka
+from worker.errors import one_line
 from worker.metrics import PartitionLag
 from worker.settings import Settings
+from worker.tail import seek_to_current_end
 
 FETCH_TIMEOUT_S = 10.0
 COLOURS = {"green": "green (closed)", "yellow": "yellow (half-open)", "red": "red (open: consumption paused)"}
@@ -45,13 +48,10 @@ async def fetch_worker_status(url: str, *, timeout_s: float = 3.0) -> dict[str, 
 
 
 async def _highwaters(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """The highwater marks of ``tps`` that a fetch reports within ``FETCH_TIMEOUT_S``."""
     consumer.assign(tps)
-    await consumer.seek_to_beginning(*tps)
-    deadline = asyncio.get_running_loop().time() + FETCH_TIMEOUT_S
-    while any(consumer.highwater(tp) is None for tp in tps):
-        if asyncio.get_running_loop().time() > deadline:
-            break
-        await consumer.getmany(*tps, timeout_ms=200, max_records=1)
+    with contextlib.suppress(TimeoutError):  # show what is known; the rest prints as "?"
+        await seek_to_current_end(consumer, tps, timeout_s=FETCH_TIMEOUT_S)
     return {tp: mark for tp in tps if (mark := consumer.highwater(tp)) is not None}
 
 
@@ -134,7 +134,7 @@ def render(url: str, worker: dict[str, Any] | str, broker: BrokerView | str) -> 
 
 
 def _problem(exc: BaseException) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+    return one_line(f"{type(exc).__name__}: {exc}", 200)
 
 
 async def gather_status(settings: Settings, url: str) -> tuple[dict[str, Any] | str, BrokerView | str]:
