@@ -13,7 +13,7 @@ from worker.chunking import (
     OVERHEAD_TOKENS,
     aggregate,
     chunk_chars_for,
-    chunk_key,
+    chunk_digest,
     overlap_for,
     requests_for,
     smaller,
@@ -225,22 +225,25 @@ def test_aggregate_of_nothing_is_refused() -> None:
         aggregate([], "prompt")
 
 
-def test_chunk_keys_are_stable_and_distinct() -> None:
-    assert chunk_key("m1", 3, 0) == "m1#chunk0/3"
-    keys = {chunk_key("m1", total, index) for total in (1, 2, 3) for index in range(total)}
-    assert len(keys) == 6
-    # An id that itself looks like a chunk key still yields a different key from the plain id's chunks.
-    assert chunk_key("m1#chunk0/2", 1, 0) != chunk_key("m1", 2, 0)
-    for bad in [(0, 0), (2, 2), (2, -1)]:
-        with pytest.raises(ValueError):
-            chunk_key("m1", *bad)
+def test_chunk_digest_depends_on_model_and_exact_content_only() -> None:
+    part = GuardRequest(text="abc", kind="response", prompt="q")
+    assert chunk_digest("m", part) == chunk_digest("m", GuardRequest(text="abc", kind="response", prompt="q"))
+    others = [
+        chunk_digest("m2", part),
+        chunk_digest("m", GuardRequest(text="abc", kind="prompt")),
+        chunk_digest("m", GuardRequest(text="abcd", kind="response", prompt="q")),
+        chunk_digest("m", GuardRequest(text="abc", kind="response", prompt="q ")),
+    ]
+    assert len({chunk_digest("m", part), *others}) == 5
 
 
 @settings(max_examples=200, deadline=None)
-@given(message_id=st.text(min_size=1, max_size=40), total=st.integers(1, 50), data=st.data())
-def test_a_chunk_key_names_exactly_one_message_and_chunk(
-    message_id: str, total: int, data: st.DataObject
-) -> None:
-    index = data.draw(st.integers(0, total - 1))
-    head, _, tail = chunk_key(message_id, total, index).rpartition("#chunk")
-    assert (head, tail) == (message_id, f"{index}/{total}")
+@given(
+    a=st.tuples(st.text(max_size=5), st.text(max_size=5)),
+    b=st.tuples(st.text(max_size=5), st.text(max_size=5)),
+)
+def test_chunk_digests_of_different_splits_never_collide(a: tuple[str, str], b: tuple[str, str]) -> None:
+    # Prompt and text are encoded apart: moving characters from one to the other changes the digest.
+    first = chunk_digest("m", GuardRequest(text=a[1], kind="response", prompt=a[0]))
+    second = chunk_digest("m", GuardRequest(text=b[1], kind="response", prompt=b[0]))
+    assert (first == second) == (a == b)

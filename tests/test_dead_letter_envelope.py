@@ -211,7 +211,6 @@ def test_retry_hop_or_replay_keeps_carried_coordinates_counters_and_history() ->
     [
         GuardUnavailable("HTTP 503", status=503),
         GuardTimeout("timed out after 30 s"),
-        GuardBadReply("no Safety line"),
     ],
 )
 def test_transient_error_dead_letters_as_retries_exhausted(error: GuardError) -> None:
@@ -227,6 +226,8 @@ def test_transient_error_dead_letters_as_retries_exhausted(error: GuardError) ->
         (InvalidInput("too_large", "text has 200001 characters"), "too_large"),
         (GuardRejected("HTTP 413"), "guard_rejected"),
         (GuardError("HTTP 418"), "guard_error"),
+        # The guard answered, twice, with something that is not a verdict: no retry topic, its own reason.
+        (GuardBadReply("no Safety line"), "guard_bad_reply"),
     ],
 )
 def test_permanent_error_keeps_its_own_reason(error: GuardqError, reason: str) -> None:

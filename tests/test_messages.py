@@ -234,6 +234,7 @@ def test_number_overflowing_to_infinity_is_not_echoed_as_invalid_json() -> None:
         latency_ms=1.0,
         processed_at="2026-01-01T00:00:00.000Z",
         metadata=request.metadata,
+        content_sha256=request.content_sha256,
     )
 
     def refuse(name: str) -> None:

@@ -76,15 +76,57 @@ def test_unknown_safety_value_is_a_bad_reply() -> None:
         parse_guard_output("Safety: Probably fine\nCategories: None", "prompt")
 
 
-@pytest.mark.parametrize("category", ["Hate", "violent", "Self-Harm", "None, Violent"])
-def test_unknown_or_misspelt_category_is_a_bad_reply(category: str) -> None:
-    with pytest.raises(GuardBadReply, match="unknown category"):
-        parse_guard_output(f"Safety: Unsafe\nCategories: {category}", "prompt")
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("Hate", ("Hate",)),
+        ("violent", ("violent",)),
+        ("None, Violent", ("None", "Violent")),
+        ("Violent, Hate Speech,", ("Violent", "Hate Speech")),
+    ],
+)
+def test_a_category_outside_the_list_is_kept_as_given_and_the_label_stays(
+    line: str, expected: tuple[str, ...]
+) -> None:
+    assert parse_guard_output(f"Safety: Unsafe\nCategories: {line}", "prompt") == ("unsafe", expected, None)
 
 
-def test_categories_are_read_only_from_the_categories_line() -> None:
+def test_kept_categories_are_bounded_and_printable() -> None:
+    names = ", ".join(f"New\x1b[31m{i} {'x' * 300}" for i in range(40))
+    _, categories, _ = parse_guard_output(f"Safety: Unsafe\nCategories: {names}", "prompt")
+    assert len(categories) == 16
+    assert all(len(name) <= 100 and name.isprintable() for name in categories)
+
+
+def test_a_line_that_is_not_part_of_a_verdict_makes_a_bad_reply() -> None:
     content = "Safety: Unsafe\nThe text mentions Violent acts and PII.\nCategories: Copyright Violation"
-    assert parse_guard_output(content, "prompt")[1] == ("Copyright Violation",)
+    with pytest.raises(GuardBadReply, match="not part of a verdict"):
+        parse_guard_output(content, "prompt")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "Sure! Here is my answer.\nSafety: Safe\nCategories: None",
+        "Categories: None\nSafety: Safe",
+        "Safety: Safe\nRefusal: No\nCategories: None",
+    ],
+)
+def test_the_safety_line_must_come_first_and_the_lines_in_order(content: str) -> None:
+    with pytest.raises(GuardBadReply):
+        parse_guard_output(content, "response")
+
+
+def test_bad_reply_messages_never_quote_the_reply() -> None:
+    secret = "my card is 4111 1111 1111 1111"
+    for content in (secret, f"Safety: {secret}", f"Safety: Safe\n{secret}", f"{secret}\nSafety: Safe"):
+        with pytest.raises(GuardBadReply) as caught:
+            parse_guard_output(content, "prompt")
+        assert "4111" not in str(caught.value)
+    for body in (secret.encode(), json.dumps({"choices": secret}).encode()):
+        with pytest.raises(GuardBadReply) as caught:
+            reply_content(body)
+        assert "4111" not in str(caught.value)
 
 
 def test_extra_whitespace_and_key_case_are_tolerated() -> None:

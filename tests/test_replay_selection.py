@@ -17,15 +17,16 @@ from worker.dlq import (
     H_ERROR_REASON,
     H_FORCE,
     H_REPLAY_COUNT,
+    H_REPLAY_TOKEN,
     H_REPLAYED_FROM,
     H_TRACEPARENT,
     DeadLetterEnvelope,
+    force_token,
     is_forced,
 )
 from worker.outbox import H_VALUE_TRUNCATED_FROM
 from worker.replay import ReplayOptions, Skip, Summary, plan, replay_headers
 from worker.replay_pacing import Pacer, Progress, parse_rate
-from worker.store import replayed_field
 
 DLQ = "t.dlq"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -68,7 +69,6 @@ def choose(letters: list[DeadLetter], **kwargs: object) -> dict[str, object]:
     options: dict[str, object] = {
         "replayed": set(),
         "with_verdict": set(),
-        "dlq_topic": DLQ,
         "max_replays": 3,
     }
     options.update(kwargs)
@@ -95,7 +95,7 @@ def test_each_skip_cause_is_named_and_counted() -> None:
         foreign,
         letter("fine", 4),
     ]
-    result = choose(letters, replayed={replayed_field(DLQ, 0, 0)}, with_verdict={"decided"})
+    result = choose(letters, replayed={(0, 0)}, with_verdict={"decided"})
     assert result["eligible"] == ["0:4"]
     assert result["skipped"] == {
         "0:0": Skip.ALREADY_REPLAYED,
@@ -113,13 +113,9 @@ def test_each_skip_cause_is_named_and_counted() -> None:
     }
 
 
-def test_replayed_marks_of_another_dlq_topic_do_not_count() -> None:
-    assert choose([letter("a", 0)], replayed={replayed_field("other.dlq", 0, 0)})["eligible"] == ["0:0"]
-
-
 def test_force_takes_ids_with_a_verdict_but_never_passes_the_loop_guard_or_a_replayed_one() -> None:
     letters = [letter("decided", 0), letter("looping", 1, replay_count=3), letter("again", 2)]
-    result = choose(letters, with_verdict={"decided", "looping", "again"}, force=True, replayed={"t.dlq/0/2"})
+    result = choose(letters, with_verdict={"decided", "looping", "again"}, force=True, replayed={(0, 2)})
     assert result["eligible"] == ["0:0"]
     assert result["skipped"] == {"0:1": Skip.MAX_REPLAYS, "0:2": Skip.ALREADY_REPLAYED}
 
@@ -136,7 +132,7 @@ def test_only_the_newest_eligible_letter_of_an_id_goes() -> None:
     assert result["eligible"] == ["0:1", "0:2"]
     assert result["skipped"] == {"0:0": Skip.DUPLICATE_ID}
     # A replayed newer letter does not shadow an older pending one of the same id.
-    assert choose(letters, replayed={"t.dlq/0/2"})["eligible"] == ["0:0", "0:1"]
+    assert choose(letters, replayed={(0, 2)})["eligible"] == ["0:0", "0:1"]
 
 
 def test_letters_without_an_id_are_never_treated_as_duplicates() -> None:
@@ -178,12 +174,13 @@ def test_filters_select_by_reason_error_class_id_and_first_failure_time() -> Non
 def test_a_replayed_record_carries_the_original_headers_and_trace_and_a_fresh_retry_budget() -> None:
     chosen = letter("a", 7, partition=3, replay_count=1, extra_headers=((("guardq.retry.hop", b"2")),))
     assert chosen.envelope is not None
-    headers = replay_headers(chosen, chosen.envelope, force=False)
+    headers = replay_headers(chosen, chosen.envelope, force=False, token="tok1")
     by_name = dict(headers)
     assert headers[0] == ("tenant", b"acme")  # the producer's own header comes first, unchanged
     assert by_name[H_TRACEPARENT] == TRACEPARENT.encode()
     assert by_name[H_REPLAY_COUNT] == b"2"
     assert by_name[H_REPLAYED_FROM] == b"3:7"
+    assert by_name[H_REPLAY_TOKEN] == b"tok1"
     assert by_name["guardq.original.topic"] == b"t.requests"
     assert by_name["guardq.original.partition"] == b"2"
     assert by_name["guardq.original.offset"] == b"41"
@@ -195,9 +192,11 @@ def test_a_replayed_record_carries_the_original_headers_and_trace_and_a_fresh_re
     assert [name for name, _ in headers].count(H_TRACEPARENT) == 1
     assert not is_forced(headers)
 
-    forced = replay_headers(chosen, chosen.envelope, force=True)
+    forced = replay_headers(chosen, chosen.envelope, force=True, token="tok2")
     assert dict(forced)[H_FORCE] == b"1"
     assert is_forced(forced)
+    assert force_token(forced) == "tok2"
+    assert force_token(headers) is None  # not forced: its token proves provenance only
 
 
 def test_is_forced_reads_only_the_exact_header() -> None:
@@ -263,7 +262,7 @@ def test_progress_is_a_redrawn_bar_on_a_terminal_and_plain_lines_elsewhere() -> 
 
 def test_summary_counts_replayed_and_each_skip_cause() -> None:
     letters = [letter("a", 0), letter("b", 1), letter("c", 2, replay_count=3)]
-    chosen = plan(letters, replayed=set(), with_verdict={"b"}, dlq_topic=DLQ, max_replays=3)
+    chosen = plan(letters, replayed=set(), with_verdict={"b"}, max_replays=3)
     assert Summary("t.requests", chosen, 1, dry_run=False).lines() == [
         "replayed 1 to t.requests",
         "skipped 2",

@@ -69,14 +69,24 @@ async def test_non_transient_error_fails_after_one_attempt(error: GuardError) ->
     assert not caught.value.exhausted
 
 
+async def test_a_bad_reply_is_tried_once_more_and_never_sent_through_the_retry_topics() -> None:
+    errors = [GuardBadReply("no Safety line") for _ in range(10)]
+    attempt, calls = _failing_then(errors)
+    with pytest.raises(GuardCallFailed) as caught:
+        await FAST.call(attempt)
+    assert calls == [1, 2]
+    assert caught.value.attempts == 2
+    assert not caught.value.exhausted  # dead-lettered as guard_bad_reply, not rescheduled
+    assert caught.value.error is errors[1]
+
+
 @pytest.mark.parametrize(
     "make_error",
     [
         lambda: GuardUnavailable("HTTP 503", status=503),
         lambda: GuardTimeout("timed out"),
-        lambda: GuardBadReply("no Safety line"),
     ],
-    ids=["unavailable", "timeout", "bad-reply"],
+    ids=["unavailable", "timeout"],
 )
 async def test_transient_errors_exhaust_max_attempts(make_error: Callable[[], GuardError]) -> None:
     errors = [make_error() for _ in range(10)]

@@ -84,6 +84,7 @@ def _verdict(span: Any, *, refusal: bool | None, metadata: dict[str, Any]) -> Ve
         latency_ms=12.345,
         processed_at=utc_now_rfc3339(),
         metadata=metadata,
+        content_sha256="ab" * 32,
     )
 
 

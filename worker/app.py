@@ -20,6 +20,7 @@ from opentelemetry.trace import Tracer
 
 from worker import kafka, tracing
 from worker.breaker import CircuitBreaker
+from worker.codecs import install_inflation_cap
 from worker.consumer import FetchLoop
 from worker.errors import GuardError
 from worker.guard.base import GuardBackend, build_backend
@@ -33,6 +34,7 @@ from worker.retry import RetryPolicy
 from worker.schedule import RetrySchedule
 from worker.settings import Settings
 from worker.store import LeaseKeeper, RedisSecurity, VerdictStore, connect_redis
+from worker.store_checks import check_store
 from worker.throttle import Throttle
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,8 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set (graceful drain) or a record fails fatally (raises that error)."""
         settings = self.settings
+        # Every batch fetched from now on inflates at most this far (aiokafka's reader and guardq's own).
+        install_inflation_cap(settings.max_inflate_mb * 1024 * 1024)
         async with AsyncExitStack() as stack:
             server = OpsServer(self.health, host=settings.http_host, port=settings.http_port)
             await server.start()
@@ -87,15 +91,22 @@ class Worker:
             await guard.start()
             stack.push_async_callback(guard.stop)
             await self._check_guard(guard)
-            producer = kafka.make_producer(settings)
-            await producer.start()
-            stack.push_async_callback(producer.stop)
             store = VerdictStore(
                 redis,
                 prefix=settings.redis_prefix,
                 verdict_ttl_s=settings.verdict_ttl_s,
                 lease_ttl_s=settings.lease_ttl_s,
             )
+            await check_store(store, redis)
+            probe_store = VerdictStore(
+                probe_redis,
+                prefix=settings.redis_prefix,
+                verdict_ttl_s=settings.verdict_ttl_s,
+                lease_ttl_s=settings.lease_ttl_s,
+            )
+            producer = kafka.make_producer(settings)
+            await producer.start()
+            stack.push_async_callback(producer.stop)
             leases = LeaseKeeper(store)
             schedule = RetrySchedule.from_settings(settings)
             tracer = tracing.get_tracer(self.tracer_provider or tracing.build_provider())
@@ -109,6 +120,8 @@ class Worker:
                 commit_interval_s=settings.commit_interval_s,
                 hold=lambda: self.breaker.is_open,
                 due_in_s=schedule.due_in_s,
+                salvage_max_bytes=kafka.MAX_PARTITION_FETCH_BYTES,
+                inflate_cap_bytes=settings.max_inflate_mb * 1024 * 1024,
             )
             # Retry topics are consumed beside the input topic; their partitions wait for their head's due time.
             consumer.subscribe([settings.input_topic, *schedule.topics], listener=loop)
@@ -119,7 +132,7 @@ class Worker:
                 "lease-keeper": leases.run(),
                 "guard-prober": self.breaker.run_prober(guard.check),
                 "guard-heartbeat": self.breaker.run_heartbeat(guard.check, period_s=settings.heartbeat_s),
-                "health-checks": self.health.run_checks(consumer, probe_redis),
+                "health-checks": self.health.run_checks(consumer, probe_store.probe),
                 "loop-watch": self.health.watch_loop(),
             }
             await self._serve(loop, stop, helpers)
@@ -153,7 +166,11 @@ class Worker:
             leases=leases,
             caller=caller,
             outbox=Outbox(
-                producer, tracer, verdict_topic=settings.verdict_topic, dlq_topic=settings.dlq_topic
+                producer,
+                tracer,
+                verdict_topic=settings.verdict_topic,
+                dlq_topic=settings.dlq_topic,
+                metrics=self.metrics,
             ),
             tracer=tracer,
             schedule=schedule,

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from worker.guard.base import GuardRequest, GuardVerdict, Kind, Label
+from worker.messages import content_digest
 from worker.settings_values import MIN_CHUNK_CHARS as SETTINGS_MIN_CHUNK_CHARS
 
 # The guard instructions of Qwen3Guard's chat template plus the reply's max_tokens (128): ~400 tokens,
@@ -126,12 +127,7 @@ def aggregate(verdicts: Sequence[GuardVerdict], kind: Kind) -> GuardVerdict:
     return GuardVerdict(label=label, categories=categories, refusal=refusal, model=verdicts[0].model)
 
 
-def chunk_key(message_id: str, total: int, index: int) -> str:
-    """The idempotency key of chunk ``index`` (0-based) of ``total``: ``f"{message_id}#chunk{index}/{total}"``.
-
-    Unambiguous for any id: the suffix after the last ``#chunk`` holds only digits and ``/``. ``total`` is
-    part of it because a smaller budget after an overflow gives different chunks, which must not reuse keys.
-    """
-    if total < 1 or not 0 <= index < total:
-        raise ValueError("chunk_key needs total >= 1 and 0 <= index < total")
-    return f"{message_id}#chunk{index}/{total}"
+def chunk_digest(model: str, part: GuardRequest) -> str:
+    """The key of one chunk's verdict: a hash of the model and exactly what it judged, so a verdict is
+    reused only for the same content by the same model (another budget cuts other chunks, which miss)."""
+    return content_digest(model, part.kind, part.prompt, part.text)

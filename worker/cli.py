@@ -279,8 +279,12 @@ def _report_failure(exc: Exception) -> int:
     from aiokafka.errors import KafkaConnectionError
     from redis.exceptions import ConnectionError as RedisConnectionError
 
+    from worker.store_checks import StoreConfigError
+
     fatal = bool(getattr(exc, "fatal", False))
     kind = "guard configuration error" if fatal else type(exc).__name__
+    if isinstance(exc, StoreConfigError):
+        kind = "Redis configuration error"
     message = " ".join(str(exc).split())[:500]
     if isinstance(exc, KafkaConnectionError):
         kind, message = "cannot reach Kafka", "no broker answered (check GUARDQ_KAFKA_BOOTSTRAP)"

@@ -4,22 +4,40 @@ When is an offset committed? Only through ``FetchLoop.commit``: per partition, t
 ``PartitionOffsets`` (everything below it is done), periodically, on revoke and at stop. Records of a
 revoked partition are dropped (their tasks cancelled, never committed); redelivery to the new owner is
 absorbed by idempotency.
+
+A fetch that fails (a batch aiokafka cannot decode, a broker error) never stops the loop: every partition
+is rewound to the record after the last one dispatched (a failed ``getmany`` may already have moved past
+records it then dropped), and each is read once with guardq's own reader (``worker.salvage``), which
+hands over what decodes and marks the rest ``Undecodable``, so the loop moves past it. Only a fetch
+refused for lack of authorisation stops the worker: that is configuration, not data.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import random
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    CommitFailedError,
+    ConsumerStoppedError,
+    GroupAuthorizationFailedError,
+    IllegalStateError,
+    KafkaError,
+    TopicAuthorizationFailedError,
+)
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from worker.errors import is_infrastructure
+from worker.codecs import DEFAULT_INFLATE_CAP_BYTES
+from worker.errors import is_infrastructure, one_line
 from worker.metrics import PartitionLag
 from worker.offsets import PartitionOffsets
+from worker.records import record_size, tracked_offset
+from worker.salvage import first_offset, read_partition
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +46,15 @@ Handler = Callable[[ConsumerRecord], Awaitable[object]]
 INFRA_BACKOFF_MAX_S = 10.0
 CANCEL_GRACE_S = 5.0  # how long cancelled records may take to unwind at shutdown
 COMMIT_DEADLINE_S = 10.0  # a commit at revoke or stop gives up after this
+FETCH_BACKOFF_MIN_S = 0.2
+FETCH_BACKOFF_MAX_S = 5.0
+# Errors of a fetch that are configuration, not data: the worker stops on them.
+_FATAL_FETCH_ERRORS = (
+    TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    ConsumerStoppedError,
+)
 
 
 @dataclass
@@ -51,6 +78,7 @@ class FetchStats:
     pauses: int = 0
     peak_buffered: int = 0
     held_back: int = 0  # times a retry partition was paused until its head record was due
+    fetch_errors: int = 0  # failed fetches, each followed by a read with guardq's own reader
     fetched_by_topic: dict[str, int] = field(default_factory=dict)
 
 
@@ -67,6 +95,8 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         commit_interval_s: float,
         hold: Callable[[], bool] | None = None,
         due_in_s: Callable[[ConsumerRecord], float] | None = None,
+        salvage_max_bytes: int = 1024 * 1024,
+        inflate_cap_bytes: int = DEFAULT_INFLATE_CAP_BYTES,
     ) -> None:
         self._consumer = consumer
         self._handler = handler
@@ -83,6 +113,9 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         self._commit_lock = asyncio.Lock()
         self._fatal: BaseException | None = None
         self._last_poll_at = 0.0
+        self._salvage_max_bytes = salvage_max_bytes
+        self._inflate_cap = inflate_cap_bytes
+        self._fetch_backoff_s = FETCH_BACKOFF_MIN_S
         self.stats = FetchStats()
 
     @property
@@ -133,20 +166,78 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
             self._last_poll_at = asyncio.get_running_loop().time()
             self._apply_backpressure()
             room = max(1, self._max_buffered - self._buffered)
-            batches = await self._consumer.getmany(timeout_ms=100, max_records=room)
+            try:
+                batches = await self._consumer.getmany(timeout_ms=100, max_records=room)
+            except _FATAL_FETCH_ERRORS:
+                raise
+            except Exception as exc:  # a record or a broker error: never a reason to stop
+                await self._recover(exc)
+                continue
+            self._fetch_backoff_s = FETCH_BACKOFF_MIN_S
             for tp, records in batches.items():
                 part = self._parts.get(tp)
-                if part is None:
-                    continue  # revoked while the fetch was under way: the new owner reads these
-                for record in records:
-                    # A record held back once goes when its time comes: the hold is never renewed, so a due
-                    # time far in the future (a skewed clock, a forged header) costs one delay at most.
-                    wait_s = 0.0 if record.offset == part.held_offset else self._due_in_s(record)
-                    if wait_s > 0:
-                        self._hold_back(tp, part, record.offset, wait_s)
-                        break
-                    self._dispatch(part, record)
+                if part is not None:  # else revoked while the fetch was under way: the new owner reads these
+                    self._take(tp, part, records)
             self._resume_due()
+
+    def _take(self, tp: TopicPartition, part: _Partition, records: Sequence[ConsumerRecord]) -> bool:
+        """Dispatch ``records`` in order; False when one had to wait (its partition is held back)."""
+        for record in records:
+            # A record held back once goes when its time comes: the hold is never renewed, so a due
+            # time far in the future (a skewed clock, a forged header) costs one delay at most.
+            wait_s = 0.0 if record.offset == part.held_offset else self._due_in_s(record)
+            if wait_s > 0:
+                self._hold_back(tp, part, record.offset, wait_s)
+                return False
+            self._dispatch(part, record)
+        return True
+
+    # -- a fetch that failed ----------------------------------------------------------------------
+
+    async def _recover(self, error: Exception) -> None:
+        """After a failed fetch: rewind every partition to the record after its last dispatched one and
+        read each once with guardq's own reader; back off (with jitter) when that moved nothing."""
+        self.stats.fetch_errors += 1
+        log.warning(
+            "fetch failed (%s: %s); reading the partitions with guardq's own reader",
+            type(error).__name__,
+            one_line(str(error), 300),
+        )
+        moved = False
+        for tp in list(self._parts):
+            try:
+                moved |= await self._salvage(tp)
+            except (KafkaError, IllegalStateError, OSError, TimeoutError) as exc:
+                log.warning("reading %s/%d failed: %s: %s", tp.topic, tp.partition, type(exc).__name__, exc)
+        if moved:
+            self._fetch_backoff_s = FETCH_BACKOFF_MIN_S
+            return
+        await asyncio.sleep(self._fetch_backoff_s * random.uniform(0.5, 1.0))
+        self._fetch_backoff_s = min(self._fetch_backoff_s * 2, FETCH_BACKOFF_MAX_S)
+
+    async def _salvage(self, tp: TopicPartition) -> bool:
+        """Rewind ``tp`` and, unless it is paused, dispatch what one raw fetch of it holds. True when
+        records were dispatched (or one made the partition wait)."""
+        part = self._parts.get(tp)
+        if part is None or tp not in self._consumer.assignment():
+            return False
+        start = part.offsets.next_offset
+        if start is None:
+            start = await first_offset(self._consumer, tp)
+        if self._parts.get(tp) is not part:
+            return False  # revoked (and maybe reassigned) meanwhile
+        self._consumer.seek(tp, start)  # drops whatever the failed fetch had drained from ``tp``
+        room = self._max_buffered - self._buffered
+        if self._paused or part.due_at is not None or room <= 0:
+            return False
+        records = await read_partition(
+            self._consumer, tp, start, max_bytes=self._salvage_max_bytes, inflate_cap=self._inflate_cap
+        )
+        if not records or self._parts.get(tp) is not part:
+            return False
+        if self._take(tp, part, records[:room]) and part.offsets.next_offset is not None:
+            self._consumer.seek(tp, part.offsets.next_offset)
+        return True
 
     async def commit_periodically(self) -> None:
         """Commit watermarks every ``commit_interval_s`` until cancelled."""
@@ -201,8 +292,9 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
     def _dispatch(self, part: _Partition, record: ConsumerRecord) -> None:
         if part.offsets.seen(record.offset):
             return  # already dispatched in this assignment (a refetch after a seek)
-        part.offsets.add(record.offset)
-        size = max(0, record.serialized_value_size) + max(0, record.serialized_key_size)
+        tracked = tracked_offset(record)
+        part.offsets.add(tracked)
+        size = record_size(record)
         self._buffered += 1
         self._buffered_bytes += size
         self.stats.fetched += 1
@@ -212,7 +304,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
             self._process(record), name=f"record:{record.topic}/{record.partition}@{record.offset}"
         )
         part.tasks.add(task)
-        task.add_done_callback(lambda done: self._finished(part, record.offset, size, done))
+        task.add_done_callback(lambda done: self._finished(part, tracked, size, done))
 
     async def _process(self, record: ConsumerRecord) -> None:
         backoff_s = 0.2

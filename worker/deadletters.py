@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import unicodedata
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -160,8 +161,19 @@ class Filter:
         )
 
 
+def shown(text: str) -> str:
+    """``text`` safe for a terminal: control and format characters (escape sequences, bidi overrides,
+    line breaks) written as ``\\uXXXX``, so a dead letter cannot drive the operator's terminal."""
+    return "".join(
+        f"\\u{ord(char):04x}" if unicodedata.category(char) in _UNSHOWN else char for char in text
+    )
+
+
+_UNSHOWN = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
 def table(letters: list[DeadLetter]) -> str:
-    """A readable table, one dead letter a line."""
+    """A readable table, one dead letter a line (every field passed through ``shown``)."""
     header = f"{'AT':<10} {'ID':<28} {'REASON':<18} {'TRIES':>5}  {'FIRST FAILED':<24} ERROR"
     lines = [header]
     for letter in letters:
@@ -171,7 +183,8 @@ def table(letters: list[DeadLetter]) -> str:
         failed = env.first_failed_at if env else "-"
         error = (env.error_message if env else letter.problem or "")[:60]
         lines.append(
-            f"{letter.coordinates:<10} {letter.message_id[:28]:<28} {reason:<18} {tries:>5}  {failed:<24} {error}"
+            f"{letter.coordinates:<10} {shown(letter.message_id[:28]):<28} {shown(reason):<18} {tries:>5}  "
+            f"{shown(failed[:24]):<24} {shown(error)}"
         )
     lines.append(f"{len(letters)} dead letter(s)")
     return "\n".join(lines)

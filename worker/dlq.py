@@ -27,7 +27,10 @@ REASONS: dict[str, str] = {
     "guard_rejected": "the guard refused the input as sent (HTTP 400/413/422)",
     "context_length": "the text does not fit the guard model's context window",
     "retries_exhausted": "transient guard failures outlasted the retry budget",
+    "guard_bad_reply": "the guard answered twice with something that is not a verdict",
     "guard_error": "the guard failed in a way guardq does not classify (see guardq.error.message)",
+    "undecodable": "the record (or its whole batch) could not be decoded: codec, CRC, header bytes, size",
+    "id_conflict": "the id already has a verdict, or a moderation in flight, for other content",
     "internal_error": "guardq failed on this message unexpectedly (a bug; please report it with the headers)",
 }
 
@@ -48,9 +51,11 @@ H_HISTORY = _P + "history"
 H_RETRY_HOP = _P + "retry.hop"
 H_RETRY_DUE_AT = _P + "retry.due_at"
 # "1" (set by `guardq dlq replay --force`): moderate again and overwrite the verdict, if Redis holds the
-# replay's token (its guardq.replayed_from) for the id: a header alone forces nothing.
+# replay's token (its guardq.replay.token) for the id: a header alone forces nothing.
 H_FORCE = _P + "force"
 H_REPLAYED_FROM = _P + "replayed_from"  # "<dlq partition>:<offset>" of the dead letter a replay came from
+# A random token per republished record, registered in Redis by `guardq dlq replay` (worker.replay_store).
+H_REPLAY_TOKEN = _P + "replay.token"
 H_TRACEPARENT = "traceparent"
 
 Headers = list[tuple[str, bytes]]
@@ -100,7 +105,7 @@ class DeadLetterEnvelope:
         record's headers (a retry hop or a replay) are kept; otherwise the record's own are used."""
         carried = _carried_state(incoming)
         reason = error.reason if error.reason in REASONS else "retries_exhausted"
-        if error.retriable:
+        if error.retriable and error.reschedule:
             reason = "retries_exhausted"
         return cls(
             original_topic=carried.get(H_TOPIC, record_topic),
@@ -242,12 +247,15 @@ def is_forced(headers: Sequence[tuple[str, bytes | None]] | None) -> bool:
     return any(name == H_FORCE and value == b"1" for name, value in headers or ())
 
 
-def force_token(headers: Sequence[tuple[str, bytes | None]] | None) -> str | None:
-    """The token a forced replay carries (its ``guardq.replayed_from``), to be matched against the one
-    `guardq dlq replay --force` wrote to Redis; None when the record asks for no force."""
-    if not is_forced(headers):
-        return None
+def replay_token(headers: Sequence[tuple[str, bytes | None]] | None) -> str | None:
+    """The token a replayed record carries (``guardq.replay.token``), None when it carries none."""
     for name, value in headers or ():
-        if name == H_REPLAYED_FROM and value:
-            return value.decode("utf-8", errors="replace")
+        if name == H_REPLAY_TOKEN and value:
+            return value.decode("utf-8", errors="replace")[:64]
     return None
+
+
+def force_token(headers: Sequence[tuple[str, bytes | None]] | None) -> str | None:
+    """The token a forced replay carries, to be matched against the one `guardq dlq replay --force` wrote
+    to Redis; None when the record asks for no force."""
+    return replay_token(headers) if is_forced(headers) else None

@@ -1,8 +1,9 @@
 """The error taxonomy: every failure guardq handles is one of these classes, and policy reads their
 attributes (``retriable``, ``fatal``, ``reason``) instead of parsing messages.
 
-- transient (``retriable=True``): worth another attempt later (connection trouble, timeouts, 429, 5xx,
-  an unparseable guard reply);
+- transient (``retriable=True``): worth another attempt later (connection trouble, timeouts, 429, 5xx);
+  an unparseable guard reply is retried once in process (``max_attempts``) and never through the retry
+  topics (``reschedule=False``): the guard answered, so waiting will not change what it says;
 - permanent for one message (``retriable=False``): dead-letter it with ``reason``;
 - fatal for the worker (``fatal=True``): configuration is wrong (401/403, unknown model); stop consuming
   rather than dead-letter the whole backlog.
@@ -11,9 +12,8 @@ attributes (``retriable``, ``fatal``, ``reason``) instead of parsing messages.
 from __future__ import annotations
 
 from aiokafka.errors import KafkaError, KafkaTimeoutError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import DataError as RedisDataError
+from redis.exceptions import RedisError, ResponseError
 
 MESSAGE_LIMIT = 500
 
@@ -30,6 +30,12 @@ class GuardqError(Exception):
     retriable: bool = False
     fatal: bool = False
     reason: str = "internal_error"
+    # For retriable errors: whether exhausting the in-process attempts sends the message through the retry
+    # topics, and how many in-process attempts this kind of failure gets at most (None: the policy's own).
+    reschedule: bool = True
+    max_attempts: int | None = None
+    # Whether the failure says the guard is down (it counts against the circuit breaker).
+    guard_down: bool = False
 
 
 class InternalError(GuardqError):
@@ -53,6 +59,7 @@ class GuardUnavailable(GuardError):
     """Connection refused/reset, DNS failure, 429, 502/503/504 and other 5xx."""
 
     retriable = True
+    guard_down = True
     reason = "guard_unavailable"
 
 
@@ -60,13 +67,18 @@ class GuardTimeout(GuardError):
     """The call exceeded the per-call timeout."""
 
     retriable = True
+    guard_down = True
     reason = "guard_timeout"
 
 
 class GuardBadReply(GuardError):
-    """HTTP 200 whose body is not a verdict (no Safety line, truncated, not JSON)."""
+    """HTTP 200 whose body is not a verdict (no Safety line, truncated, not JSON, too large). The guard
+    answered (it is not down): tried once more, then dead-lettered. Its message never quotes the reply,
+    which may echo the user's text."""
 
     retriable = True
+    reschedule = False
+    max_attempts = 2
     reason = "guard_bad_reply"
 
 
@@ -89,6 +101,19 @@ class GuardConfigError(GuardError):
     reason = "guard_config"
 
 
+class UndecodableRecord(GuardqError):
+    """A fetched record (or batch) that could not be decoded: unknown codec, bad CRC, a header name that
+    is not UTF-8, an inflation past the cap. Dead-lettered with what could be read."""
+
+    reason = "undecodable"
+
+
+class IdConflict(GuardqError):
+    """The message's id already has a verdict (or a moderation in flight) for other content."""
+
+    reason = "id_conflict"
+
+
 class InvalidInput(GuardqError):
     """An input message that can never be moderated; ``reason`` is one code of ``dlq.REASONS``."""
 
@@ -102,22 +127,27 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, GuardqError) and exc.retriable
 
 
-# Errors that mean "a service is unavailable right now", not "this message is bad".
-_UNAVAILABLE = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    ReadOnlyError,
-    OutOfMemoryError,
-    OSError,
-    TimeoutError,
-)
+# A Redis reply that is about one key's data, not about the server: the message fails, not the store.
+_REDIS_DATA_ERRORS = ("WRONGTYPE",)
+
+
+def is_redis_data_error(exc: BaseException) -> bool:
+    """A Redis error about one key's data (a key of the wrong type, a value redis-py cannot encode)."""
+    if isinstance(exc, RedisDataError):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(_REDIS_DATA_ERRORS)
 
 
 def is_infrastructure(exc: BaseException) -> bool:
     """True for failures of the services around the worker (Redis, Kafka, the network) that will pass:
-    the message is fine, so it is retried later, never dead-lettered and never committed meanwhile."""
+    the message is fine, so it is retried later, never dead-lettered and never committed meanwhile.
+
+    Everything Redis answers is the store's trouble, not the message's (MISCONF, BUSY, NOPERM, NOREPLICAS,
+    READONLY, OOM, MOVED, CROSSSLOT, LOADING ...), except data errors on one key."""
     if isinstance(exc, KafkaTimeoutError):
         return True  # a send or request that timed out (broker unreachable); aiokafka marks it non-retriable
     if isinstance(exc, KafkaError):
         return bool(getattr(exc, "retriable", False))
-    return isinstance(exc, _UNAVAILABLE)
+    if isinstance(exc, RedisError):
+        return not is_redis_data_error(exc)
+    return isinstance(exc, OSError | TimeoutError)

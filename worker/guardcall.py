@@ -3,8 +3,8 @@ limiter and the retry policy around each call, and chunking for texts longer tha
 
 A text that does not fit (longer than the chars budget, or answered with a context-length 400) is split
 into overlapping chunks (``worker.chunking``); each chunk is moderated under the same rules and its verdict
-kept in Redis under a key derived from the message id, so a redelivery does not pay for it again; the
-chunk verdicts fold into one. Attempts are counted exactly, over every chunk and every retry.
+kept in Redis under a key derived from the model and the chunk's content, so a redelivery does not pay for
+it again; the chunk verdicts fold into one. Attempts are counted exactly, over every chunk and every retry.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class GuardCaller:
         while True:
             parts = chunking.requests_for(request, budget, chunking.overlap_for(budget))
             try:
-                verdict, attempts = await self._judge(message_id, parts, budget, made, fresh=fresh)
+                verdict, attempts = await self._judge(parts, made, fresh=fresh)
                 return Answer(verdict, made + attempts, len(parts))
             except GuardCallFailed as failed:
                 made += failed.attempts
@@ -106,17 +106,13 @@ class GuardCaller:
                 budget = next_budget
 
     async def _judge(
-        self, message_id: str, parts: list[GuardRequest], budget: int, made_before: int, *, fresh: bool
+        self, parts: list[GuardRequest], made_before: int, *, fresh: bool
     ) -> tuple[GuardVerdict, int]:
         """One verdict over ``parts`` (one part: a plain call), and the attempts this cost."""
         if len(parts) == 1:
             return await self._until_answered(parts[0], made_before)
-        # The budget and the model are part of the key: chunks cut another way (another window, another
-        # GUARDQ_CHUNK_CHARS) or judged by another model never stand in for these.
-        keys = [
-            f"{chunking.chunk_key(message_id, len(parts), index)}@{budget}:{self._guard.model}"
-            for index in range(len(parts))
-        ]
+        # Keyed by model and content: chunks cut another way, or judged by another model, never stand in.
+        keys = [chunking.chunk_digest(self._guard.model, part) for part in parts]
         cached = [None] * len(keys) if fresh else await self._store.load_chunks(keys)
         verdicts: list[GuardVerdict] = []
         made = 0
@@ -149,7 +145,7 @@ class GuardCaller:
                 return verdict, made + attempts
             except GuardCallFailed as failed:
                 made += failed.attempts
-                if not (failed.exhausted and self._breaker.is_open):
+                if not (failed.exhausted and failed.error.guard_down and self._breaker.is_open):
                     raise GuardCallFailed(failed.error, made) from failed.error
 
     async def _call(self, request: GuardRequest, made_before: int, attempt: int) -> GuardVerdict:
@@ -167,7 +163,8 @@ class GuardCaller:
                     verdict = await self._guard.moderate(request)
                 except GuardError as exc:
                     self._metrics.guard_errors.labels(type(exc).__name__).inc()
-                    self._breaker.record(success=not exc.retriable)  # a 400 is an answer: the guard is up
+                    # A 400 or a reply that is not a verdict is an answer: the guard is up.
+                    self._breaker.record(success=not exc.guard_down)
                     if exc.status == 429:
                         self._throttle.hold_for(exc.retry_after_s)
                     raise

@@ -23,6 +23,7 @@ from worker.settings import Settings, SettingsError
 log = logging.getLogger(__name__)
 
 TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
+MAX_PARTITION_FETCH_BYTES = 1024 * 1024
 
 
 def connection_options(settings: Settings) -> dict[str, Any]:
@@ -56,17 +57,18 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext:
 
 
 def make_producer(settings: Settings, *, linger_ms: int = 5) -> AIOKafkaProducer:
-    """A producer whose sends complete only when every in-sync replica has the record (acks=all)."""
+    """A producer whose sends complete only when every in-sync replica has the record (acks=all),
+    compressing with GUARDQ_KAFKA_COMPRESSION; a record over GUARDQ_KAFKA_MAX_MESSAGE_BYTES is refused
+    before it is sent (``MessageSizeTooLargeError``), as the broker would refuse it."""
     return AIOKafkaProducer(
         **connection_options(settings),
         acks="all",
         enable_idempotence=False,
         linger_ms=linger_ms,
         max_batch_size=256 * 1024,
-        # Dead letters carry the original value unchanged: let the broker, not the client, set the limit.
-        max_request_size=16 * 1024 * 1024,
+        max_request_size=settings.kafka_max_message_bytes,
         request_timeout_ms=30_000,
-        compression_type=None,
+        compression_type=settings.kafka_compression,
     )
 
 
@@ -85,7 +87,7 @@ def make_consumer(settings: Settings, *, group_id: str | None, **overrides: Any)
         "rebalance_timeout_ms": max(60_000, 3 * session_ms),
         "fetch_max_wait_ms": 100,
         "fetch_max_bytes": 16 * 1024 * 1024,
-        "max_partition_fetch_bytes": 1024 * 1024,
+        "max_partition_fetch_bytes": MAX_PARTITION_FETCH_BYTES,
     }
     options.update(overrides)
     return AIOKafkaConsumer(**options)

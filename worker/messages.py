@@ -7,15 +7,22 @@ valid UTF-8 JSON.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, cast
 
 from worker.errors import InvalidInput
 from worker.guard.base import GuardRequest, Kind, Label
 
 MAX_ID_CHARS = 512
+# Headers ride along into dead letters and every record costs memory for each of them: a record over
+# either bound is dead-lettered as too_large before anything else is done with it.
+MAX_HEADERS = 128
+MAX_HEADER_BYTES = 64 * 1024
 # Metadata is echoed in every verdict; bounding it keeps verdict records far below broker size limits.
 MAX_METADATA_BYTES = 64 * 1024
 
@@ -80,6 +87,17 @@ class ModerationRequest:
         """What the guard backend is asked."""
         return GuardRequest(text=self.text, kind=self.kind, prompt=self.prompt)
 
+    @cached_property
+    def content_sha256(self) -> str:
+        """The hash a verdict is bound to: SHA-256 (hex) of what the guard judges (kind, prompt, text)."""
+        return content_digest(self.kind, self.prompt, self.text)
+
+
+def content_digest(*parts: str | None) -> str:
+    """SHA-256 (hex) of ``parts`` in an unambiguous encoding (a JSON list): no two lists share one."""
+    encoded = json.dumps(list(parts), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(encoded).hexdigest()
+
 
 def _parse_id(document: dict[str, Any]) -> str:
     message_id = _string_field(document, "id", required=True)
@@ -128,6 +146,22 @@ def parse_request(value: bytes | None, max_text_chars: int) -> ModerationRequest
     return ModerationRequest(id=message_id, text=text, kind=kind, prompt=prompt, metadata=metadata)
 
 
+def header_bytes(headers: Sequence[tuple[str, bytes | None]]) -> int:
+    """The bytes of a record's header names and values."""
+    return sum(len(name) + len(value or b"") for name, value in headers)
+
+
+def check_headers(headers: Sequence[tuple[str, bytes | None]]) -> None:
+    """Raise ``InvalidInput`` (too_large) when a record has more headers, or header bytes, than allowed."""
+    if len(headers) > MAX_HEADERS:
+        raise InvalidInput("too_large", f"record has {len(headers)} headers, over the limit of {MAX_HEADERS}")
+    size = header_bytes(headers)
+    if size > MAX_HEADER_BYTES:
+        raise InvalidInput(
+            "too_large", f"record has {size} bytes of headers, over the limit of {MAX_HEADER_BYTES}"
+        )
+
+
 def utc_now_rfc3339() -> str:
     """The current time as RFC 3339 UTC with milliseconds, e.g. ``2026-11-23T13:37:00.123Z``."""
     return format_rfc3339(datetime.now(UTC))
@@ -152,6 +186,7 @@ class Verdict:
     latency_ms: float
     processed_at: str
     metadata: dict[str, Any]
+    content_sha256: str
     chunks: int = 1
 
     def to_json(self) -> bytes:

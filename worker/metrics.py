@@ -50,6 +50,7 @@ class LiveState:
     paused: bool
     consumed_by_topic: dict[str, int]
     infra_retries: int
+    fetch_errors: int = 0
 
 
 class _LiveCollector(Collector):
@@ -93,6 +94,11 @@ class _LiveCollector(Collector):
             "Times a record was retried because Redis or Kafka failed",
             value=state.infra_retries,
         )
+        yield CounterMetricFamily(
+            "guardq_fetch_errors",
+            "Fetches that failed (records aiokafka could not decode, broker errors); read again by guardq",
+            value=state.fetch_errors,
+        )
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -108,6 +114,18 @@ class Metrics:
         self.outcomes = Counter("guardq_outcomes", "What became of each record", ["outcome"], registry=r)
         self.verdicts = Counter("guardq_verdicts", "Verdicts published, by label", ["label"], registry=r)
         self.dead_letters = Counter("guardq_dead_letters", "Dead letters, by reason", ["reason"], registry=r)
+        self.dead_letters_reduced = Counter(
+            "guardq_dead_letters_reduced",
+            "Dead letters written reduced (value prefix, fewer headers) because the broker refused them whole",
+            ["form"],
+            registry=r,
+        )
+        self.dead_letters_unwritable = Counter(
+            "guardq_dead_letters_unwritable",
+            "Records skipped because no form of their dead letter could be written (coordinates in the log)",
+            ["reason"],
+            registry=r,
+        )
         self.retry_hops = Counter("guardq_retry_hops", "Records sent to a retry topic", ["topic"], registry=r)
         self.guard_calls = Counter("guardq_guard_calls", "Guard calls made", registry=r)
         self.guard_retries = Counter(

@@ -41,6 +41,11 @@ class PartitionOffsets:
             heapq.heapify(self._heap)
 
     @property
+    def next_offset(self) -> int | None:
+        """One past the highest offset added (where fetching goes on), None before anything was added."""
+        return self._next
+
+    @property
     def pending(self) -> int:
         """How many fetched offsets are not finished."""
         return len(self._pending)

@@ -15,12 +15,12 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer
-from redis.asyncio import Redis
 
 from worker import __version__
 from worker.breaker import CircuitBreaker
@@ -71,11 +71,15 @@ class Health:
                 log.warning("event loop stalled for %.1f s", late_s)
                 self.stalls.append((time.monotonic(), late_s))
 
-    async def run_checks(self, consumer: AIOKafkaConsumer, redis: Redis) -> None:
-        """Check Kafka and Redis every ``CHECK_EVERY_S``; sample throughput."""
+    async def run_checks(
+        self, consumer: AIOKafkaConsumer, redis_probe: Callable[[], Awaitable[object]]
+    ) -> None:
+        """Check Kafka and Redis every ``CHECK_EVERY_S``; sample throughput. The Redis check writes (it
+        runs a script that sets a short-lived key), so a Redis that answers PING but refuses writes
+        (MISCONF, NOREPLICAS, NOPERM, OOM ...) makes the worker not ready for as long as it lasts."""
         while True:
             self.checks["kafka"] = await _check(consumer.topics())
-            self.checks["redis"] = await _check(redis.ping())
+            self.checks["redis"] = await _check(redis_probe())
             if self.fetch_loop is not None:
                 now = time.monotonic()
                 self.done_samples.append((now, self.fetch_loop.stats.done))

@@ -4,19 +4,25 @@
 verdict record acknowledged by the broker, or its dead letter acknowledged. The outcome is decided in one
 place, ``_decide``:
 
-- bad input → dead letter (reason from the parser);
-- a verdict already stored → republish it, no guard call;
+- a record the fetch could not decode → dead letter ``undecodable`` (``worker.batches``);
+- bad input (or headers past the caps) → dead letter (reason from the parser);
+- a verdict already stored for this content → republish it, no guard call; for other content (a reused
+  id), or a moderation of other content in flight → dead letter ``id_conflict``, no guard call;
 - guard verdict → store (first verdict wins) and publish;
 - transient guard errors that outlast the in-process retries → the next delayed retry topic, while the
   schedule has one (``worker.schedule``); after its last step, or for a permanent guard error → dead letter;
 - a fatal guard error (misconfiguration) → raised: the worker stops;
 - an infrastructure error (Redis, Kafka) → raised: the caller retries the message, uncommitted;
 - anything else (a bug) → dead letter with reason ``internal_error``, so one message cannot stop a partition.
+
+The ``guardq.*`` headers of a record are believed (for a dead letter's coordinates, history and replay
+count) only when guardq wrote them: on a retry topic, or on an input record whose replay token Redis holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import functools
 import logging
@@ -27,14 +33,23 @@ from opentelemetry.trace import Span, SpanKind, Tracer
 from redis.exceptions import RedisError
 
 from worker import tracing
-from worker.dlq import force_token
-from worker.errors import GuardqError, InternalError, InvalidInput, is_infrastructure, one_line
+from worker.batches import Undecodable
+from worker.dlq import force_token, replay_token
+from worker.errors import (
+    GuardqError,
+    IdConflict,
+    InternalError,
+    InvalidInput,
+    UndecodableRecord,
+    is_infrastructure,
+    one_line,
+)
 from worker.guardcall import Answer, GuardCaller
-from worker.messages import ModerationRequest, Verdict, parse_request, utc_now_rfc3339
+from worker.messages import ModerationRequest, Verdict, check_headers, parse_request, utc_now_rfc3339
 from worker.metrics import Metrics
-from worker.outbox import Outbox
+from worker.outbox import TOO_LARGE, Outbox
 from worker.retry import GuardCallFailed, until_available
-from worker.schedule import RetrySchedule
+from worker.schedule import Hop, RetrySchedule
 from worker.settings import Settings
 from worker.store import ClaimState, Lease, LeaseKeeper, VerdictStore
 
@@ -76,6 +91,9 @@ class Pipeline:
         self._tracer = tracer
         self._schedule = schedule
         self._metrics = metrics
+        # Ids whose lease a delivery in this process holds: other deliveries of them wait on the event
+        # instead of polling Redis.
+        self._moderating: dict[str, asyncio.Event] = {}
 
     async def handle(self, record: ConsumerRecord) -> Outcome:
         """Process one record until it is done; see the module docstring for what propagates."""
@@ -102,8 +120,11 @@ class Pipeline:
     async def _decide(self, record: ConsumerRecord, span: Span) -> Outcome:
         started = time.monotonic()
         try:
+            if isinstance(record, Undecodable):
+                raise UndecodableRecord(_undecodable_message(record))
+            check_headers(record.headers or ())
             request = parse_request(record.value, self._settings.max_text_chars)
-        except InvalidInput as exc:
+        except (InvalidInput, UndecodableRecord) as exc:
             log.warning("dead-lettering %s/%d@%d: %s", record.topic, record.partition, record.offset, exc)
             await self._dead_letter(record, span, exc, attempts=0)
             return Outcome.DEAD_LETTERED
@@ -119,7 +140,8 @@ class Pipeline:
                 raise
             log.exception("internal error on id=%s; dead-lettering it", request.id)
             error = InternalError(one_line(f"{type(exc).__name__}: {exc}"))
-        await self._dead_letter(record, span, error, attempts=self._schedule.carried_attempts(record))
+        attempts = self._schedule.carried_attempts(record)
+        await self._dead_letter(record, span, error, attempts=attempts, message_id=request.id)
         return Outcome.DEAD_LETTERED
 
     async def _moderate(
@@ -127,12 +149,13 @@ class Pipeline:
     ) -> Outcome:
         # `guardq dlq replay --force`: moderate again and overwrite, if Redis holds the replay's token.
         forcing = force_token(record.headers or ())
-        lease = await self._wait_for_lease(request.id, force_token=forcing)
+        lease = await self._wait_for_lease(request, force_token=forcing)
         if isinstance(lease, bytes):
             await self._publish(request.id, lease, span)
             return Outcome.DUPLICATE
         carried = self._schedule.carried_attempts(record)  # guard calls of earlier retry hops
         stored: bytes | None = None
+        done = self._moderating[request.id] = asyncio.Event()
         try:
             with self._leases.holding(lease):
                 try:
@@ -140,55 +163,63 @@ class Pipeline:
                     fresh = forcing is not None and self._schedule.hops_taken(record) == 0
                     answer = await self._caller.answer(request.id, request.guard_request(), fresh=fresh)
                 except GuardCallFailed as failed:
-                    return await self._on_guard_failure(record, span, failed, carried + failed.attempts)
+                    attempts = carried + failed.attempts
+                    return await self._on_guard_failure(record, span, failed, attempts, request.id)
                 document = self._verdict(request, answer, span, carried, started).to_json()
                 stored = await self._store_verdict(lease, document, force_token=forcing)
         finally:
             if stored is None:  # no verdict stored: free the id for the next delivery at once
                 await self._release_quietly(lease)
+            if self._moderating.get(request.id) is done:
+                del self._moderating[request.id]
+            done.set()
         await self._publish(request.id, stored, span)
         self._metrics.verdicts.labels(answer.verdict.label).inc()
         log.debug("verdict id=%s label=%s", request.id, answer.verdict.label)
         return Outcome.MODERATED
 
     async def _on_guard_failure(
-        self, record: ConsumerRecord, span: Span, failed: GuardCallFailed, attempts: int
+        self, record: ConsumerRecord, span: Span, failed: GuardCallFailed, attempts: int, message_id: str
     ) -> Outcome:
         """Failed for good in process: fatal → raise; transient → the next retry topic while the schedule
         has one; otherwise (permanent, or the schedule is used up) → dead letter."""
         if failed.error.fatal:
             raise failed.error from failed
         hop = self._schedule.next_hop(record) if failed.exhausted else None
-        if hop is not None:
-            log.info(
-                "retrying %s/%d@%d in %g s via %s after %d attempt(s): %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                hop.delay_s,
-                hop.topic,
-                attempts,
-                failed.error,
-            )
-            await until_available(
-                functools.partial(
-                    self._outbox.retry_later, record, span, failed.error, attempts=attempts, hop=hop
-                ),
-                what=f"sending {record.topic}/{record.partition}@{record.offset} to {hop.topic}",
-            )
-            self._metrics.retry_hops.labels(hop.topic).inc()
-            span.set_attribute("guardq.retry.hop", hop.number)
+        if hop is not None and await self._retry_later(record, span, failed, attempts, hop):
             return Outcome.RETRY_SCHEDULED
-        log.warning(
-            "dead-lettering %s/%d@%d after %d attempt(s): %s",
-            record.topic,
-            record.partition,
-            record.offset,
+        log.warning("dead-lettering %s after %d attempt(s): %s", _where(record), attempts, failed.error)
+        await self._dead_letter(record, span, failed.error, attempts=attempts, message_id=message_id)
+        return Outcome.DEAD_LETTERED
+
+    async def _retry_later(
+        self, record: ConsumerRecord, span: Span, failed: GuardCallFailed, attempts: int, hop: Hop
+    ) -> bool:
+        """Send the record to ``hop``'s retry topic; False when the broker will not take it (too large
+        with the retry headers): it is dead-lettered instead."""
+        log.info(
+            "retrying %s in %g s via %s after %d attempt(s): %s",
+            _where(record),
+            hop.delay_s,
+            hop.topic,
             attempts,
             failed.error,
         )
-        await self._dead_letter(record, span, failed.error, attempts=attempts)
-        return Outcome.DEAD_LETTERED
+
+        async def send() -> None:
+            carried = await self._believed_headers(record)
+            await self._outbox.retry_later(
+                record, span, failed.error, attempts=attempts, hop=hop, carried=carried
+            )
+
+        try:
+            await until_available(send, what=f"sending {_where(record)} to {hop.topic}")
+        except TOO_LARGE as exc:
+            log.warning("%s cannot go to %s (%s)", _where(record), hop.topic, type(exc).__name__)
+            return False
+        self._metrics.retry_hops.labels(hop.topic).inc()
+        span.set_attribute("guardq.retry.hop", hop.number)
+        return True
 
     async def _store_verdict(self, lease: Lease, document: bytes, *, force_token: str | None) -> bytes:
         """Store the verdict, waiting out a Redis outage here rather than calling the guard again.
@@ -209,19 +240,31 @@ class Pipeline:
                 "could not release the lease of id=%s (%s); it expires by itself", lease.message_id, exc
             )
 
-    async def _wait_for_lease(self, message_id: str, *, force_token: str | None) -> Lease | bytes:
-        """Take the in-flight lease, or return the stored verdict (ignored for a standing force token). Waits while
-        another delivery holds the lease."""
+    async def _wait_for_lease(self, request: ModerationRequest, *, force_token: str | None) -> Lease | bytes:
+        """Take the in-flight lease, or return the stored verdict (ignored for a standing force token).
+        Waits while another delivery of the same content holds the lease: one of this process on its
+        completion, one elsewhere by polling. Raises ``IdConflict`` when the id's verdict or lease is for
+        other content."""
         poll_s = LEASE_POLL_MIN_S
         while True:
-            claim, lease = await self._store.claim(message_id, force_token=force_token)
+            claim, lease = await self._store.claim(
+                request.id, request.content_sha256, force_token=force_token
+            )
             if claim.state is ClaimState.ACQUIRED and lease is not None:
                 return lease
             if claim.state is ClaimState.VERDICT and claim.verdict is not None:
                 return claim.verdict
-            # Busy: another delivery is moderating this id. Re-check after a short, growing pause,
-            # never past the moment its lease would expire.
-            await asyncio.sleep(min(poll_s, max(claim.lease_ttl_ms / 1000, 0.01)))
+            if claim.state is ClaimState.CONFLICT:
+                raise IdConflict("the id has a verdict, or a moderation in flight, for other content")
+            # Busy: another delivery is moderating this content. Re-check once it is done here, or after a
+            # short, growing pause, never past the moment its lease would expire.
+            wait_s = min(poll_s, max(claim.lease_ttl_ms / 1000, 0.01))
+            local = self._moderating.get(request.id)
+            if local is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(local.wait(), timeout=max(wait_s, self._store.lease_ttl_s))
+                continue
+            await asyncio.sleep(wait_s)
             poll_s = min(poll_s * 2, LEASE_POLL_MAX_S)
 
     def _verdict(
@@ -229,6 +272,7 @@ class Pipeline:
     ) -> Verdict:
         verdict = answer.verdict
         return Verdict(
+            content_sha256=request.content_sha256,
             id=request.id,
             label=verdict.label,
             categories=list(verdict.categories),
@@ -246,11 +290,50 @@ class Pipeline:
         await self._outbox.publish_verdict(message_id, document, tracing.trace_id_hex(span))
 
     async def _dead_letter(
-        self, record: ConsumerRecord, span: Span, error: GuardqError, *, attempts: int
+        self,
+        record: ConsumerRecord,
+        span: Span,
+        error: GuardqError,
+        *,
+        attempts: int,
+        message_id: str | None = None,
     ) -> None:
-        reason = await until_available(
-            functools.partial(self._outbox.dead_letter, record, span, error, attempts=attempts),
-            what=f"dead-lettering {record.topic}/{record.partition}@{record.offset}",
-        )
-        span.set_attribute("guardq.error.reason", reason)
-        self._metrics.dead_letters.labels(reason).inc()
+        """Dead-letter the record (waiting out a broker outage in place); a forced replay that ends here
+        gives up its authorisation, so a later delivery of it overwrites nothing."""
+
+        async def write() -> str | None:
+            carried = await self._believed_headers(record)
+            return await self._outbox.dead_letter(record, span, error, attempts=attempts, carried=carried)
+
+        reason = await until_available(write, what=f"dead-lettering {_where(record)}")
+        span.set_attribute("guardq.error.reason", error.reason if reason is None else reason)
+        if reason is not None:
+            self._metrics.dead_letters.labels(reason).inc()
+        token = force_token(record.headers or ())
+        if token is not None and message_id is not None:
+            await until_available(
+                functools.partial(self._store.drop_force, message_id, token),
+                what=f"withdrawing the forced replay of id={message_id}",
+            )
+
+    async def _believed_headers(self, record: ConsumerRecord) -> list[tuple[str, bytes]]:
+        """The record's headers when its ``guardq.*`` ones were written by guardq (a retry topic's record,
+        or a replay whose token Redis holds for this record's key); else none: a producer's own
+        ``guardq.*`` headers never reach a dead letter's envelope."""
+        headers = list(record.headers or ())
+        if self._schedule.hops_taken(record) > 0:
+            return headers
+        token = replay_token(headers)
+        if token is not None and await self._store.replay_origin(token) == (record.key or b""):
+            return headers
+        return []
+
+
+def _where(record: ConsumerRecord) -> str:
+    return f"{record.topic}/{record.partition}@{record.offset}"
+
+
+def _undecodable_message(record: Undecodable) -> str:
+    if record.last_offset > record.offset:
+        return f"offsets {record.offset}..{record.last_offset}: {record.problem}"
+    return record.problem

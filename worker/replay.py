@@ -2,8 +2,10 @@
 
 A replayed record carries the original key and value bytes, the original record's own headers, the
 original ``traceparent`` (so the verdict reports the publisher's trace id), the envelope's coordinates and
-history, ``guardq.replay_count`` + 1 and ``guardq.replayed_from``. It carries no attempt counter, error or
-retry-hop header: a replay starts a fresh retry budget. Which dead letters go is decided by ``plan``
+history, ``guardq.replay_count`` + 1, ``guardq.replayed_from`` and a random ``guardq.replay.token``
+registered in Redis first (``worker.replay_store``): only with it does the worker believe those
+``guardq.*`` headers. It carries no attempt counter, error or retry-hop header: a replay starts a fresh
+retry budget. Which dead letters go is decided by ``plan``
 (pure); ``replay`` does the reading, the republishing and the bookkeeping in Redis (``store.py``): a dead
 letter is marked replayed only once the broker acknowledged its republished record, so the replayed set
 never names a record that was not sent. Nothing is ever deleted.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import secrets
 from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +29,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from redis.asyncio import Redis
 
 from worker import kafka, tracing
-from worker.deadletters import DeadLetter, Filter, read_all
+from worker.deadletters import DeadLetter, Filter, read_all, shown
 from worker.dlq import (
     H_FIRST_FAILED_AT,
     H_FORCE,
@@ -34,6 +37,7 @@ from worker.dlq import (
     H_OFFSET,
     H_PARTITION,
     H_REPLAY_COUNT,
+    H_REPLAY_TOKEN,
     H_REPLAYED_FROM,
     H_TIMESTAMP,
     H_TOPIC,
@@ -46,17 +50,18 @@ from worker.dlq import (
 from worker.messages import utc_now_rfc3339
 from worker.outbox import H_VALUE_TRUNCATED_FROM
 from worker.replay_pacing import Pacer, Progress
-from worker.settings import Settings
-from worker.store import (
-    RedisSecurity,
+from worker.replay_store import (
+    TOKEN_MARGIN_S,
     ReplayMark,
-    authorise_force,
-    connect_redis,
+    ReplayToken,
     ids_with_verdict,
     mark_replayed,
+    register_tokens,
     replay_marks,
-    replayed_field,
 )
+from worker.schedule import RetrySchedule
+from worker.settings import Settings
+from worker.store import RedisSecurity, connect_redis
 
 # Republished records in flight before their acknowledgements are awaited and marked in one HSET.
 BATCH = 100
@@ -108,23 +113,22 @@ def skip_cause(
 def plan(
     letters: Sequence[DeadLetter],
     *,
-    replayed: Collection[str],
+    replayed: Collection[tuple[int, int]],
     with_verdict: Collection[str],
-    dlq_topic: str,
     max_replays: int,
     force: bool = False,
     limit: int | None = None,
 ) -> Plan:
-    """Decide which of the (already filtered) ``letters`` to replay. ``replayed`` holds the replayed-hash
-    fields (``store.replayed_field``), ``with_verdict`` the ids that have a verdict. Of several eligible
-    dead letters of one id only the newest goes; ``limit`` bounds how many go, oldest first."""
+    """Decide which of the (already filtered) ``letters`` to replay. ``replayed`` holds the (partition,
+    offset) of dead letters replayed before, ``with_verdict`` the ids that have a verdict. Of several
+    eligible dead letters of one id only the newest goes; ``limit`` bounds how many go, oldest first."""
     causes: dict[int, Skip] = {}
     seen_ids: set[str] = set()
     for index in reversed(range(len(letters))):  # newest first, so the newest of an id wins
         letter = letters[index]
         cause = skip_cause(
             letter,
-            replayed=replayed_field(dlq_topic, letter.partition, letter.offset) in replayed,
+            replayed=(letter.partition, letter.offset) in replayed,
             has_verdict=bool(letter.message_id) and letter.message_id in with_verdict,
             max_replays=max_replays,
             force=force,
@@ -145,7 +149,7 @@ def plan(
     return Plan(tuple(eligible), skipped)
 
 
-def replay_headers(letter: DeadLetter, envelope: DeadLetterEnvelope, *, force: bool) -> Headers:
+def replay_headers(letter: DeadLetter, envelope: DeadLetterEnvelope, *, force: bool, token: str) -> Headers:
     """The headers of ``letter``'s republished record (see the module docstring for what goes and why)."""
     pairs = [
         (H_TOPIC, envelope.original_topic),
@@ -156,6 +160,7 @@ def replay_headers(letter: DeadLetter, envelope: DeadLetterEnvelope, *, force: b
         (H_HISTORY, json.dumps(list(envelope.history[-HISTORY_LIMIT:]), separators=(",", ":"))),
         (H_REPLAY_COUNT, str(envelope.replay_count + 1)),
         (H_REPLAYED_FROM, letter.coordinates),
+        (H_REPLAY_TOKEN, token),
     ]
     if force:
         pairs.append((H_FORCE, "1"))
@@ -191,7 +196,7 @@ class Summary:
             for letter in self.plan.eligible:
                 count = letter.envelope.replay_count + 1 if letter.envelope else 1
                 reason = letter.envelope.error_reason if letter.envelope else "-"
-                lines.append(f"would replay {letter.coordinates} id={letter.message_id} {reason} #{count}")
+                lines.append(f"would replay {letter.coordinates} id={shown(letter.message_id)} {reason} #{count}")
         verb = "would replay" if self.dry_run else "replayed"
         lines.append(f"{verb} {len(self.plan.eligible) if self.dry_run else self.replayed} to {self.topic}")
         counts = self.plan.skip_counts()
@@ -218,15 +223,14 @@ async def replay(
         settings.redis_url, max_connections=2, security=RedisSecurity.from_settings(settings)
     )
     try:
-        fields = [replayed_field(settings.dlq_topic, x.partition, x.offset) for x in letters]
-        marks = await replay_marks(redis, settings.redis_prefix, fields)
+        where = [(x.partition, x.offset) for x in letters]
+        marks = await replay_marks(redis, settings.redis_prefix, settings.dlq_topic, where)
         ids = [x.message_id for x in letters if x.message_id]
         with_verdict = await ids_with_verdict(redis, settings.redis_prefix, ids)
         chosen = plan(
             letters,
             replayed=marks.keys(),
             with_verdict=with_verdict,
-            dlq_topic=settings.dlq_topic,
             max_replays=settings.max_replays,
             force=options.force,
             limit=options.limit,
@@ -246,11 +250,11 @@ async def pending(settings: Settings, letters: Sequence[DeadLetter]) -> list[Dea
         settings.redis_url, max_connections=2, security=RedisSecurity.from_settings(settings)
     )
     try:
-        fields = [replayed_field(settings.dlq_topic, x.partition, x.offset) for x in letters]
-        marks = await replay_marks(redis, settings.redis_prefix, fields)
+        where = [(x.partition, x.offset) for x in letters]
+        marks = await replay_marks(redis, settings.redis_prefix, settings.dlq_topic, where)
     finally:
         await redis.aclose(close_connection_pool=True)
-    return [x for x, name in zip(letters, fields, strict=True) if name not in marks]
+    return [x for x in letters if (x.partition, x.offset) not in marks]
 
 
 async def _republish(
@@ -266,25 +270,24 @@ async def _republish(
     progress = Progress(stream, len(letters))
     # Under a low --rate a batch would take long to fill; mark at least about once a second instead.
     batch = BATCH if options.rate_per_s is None else max(1, min(BATCH, int(options.rate_per_s)))
+    # A token outlives the record's trip through every retry topic, plus a margin for a backlog.
+    token_ttl_s = int(sum(RetrySchedule.from_settings(settings).delays_s)) + TOKEN_MARGIN_S
     sent = 0
     try:
         await producer.start()
         for start in range(0, len(letters), batch):
             chunk = letters[start : start + batch]
-            if options.force:  # the worker forces only what Redis authorises: a header alone is not enough
-                for letter in chunk:
-                    await authorise_force(
-                        redis,
-                        settings.redis_prefix,
-                        letter.message_id,
-                        letter.coordinates,
-                        ttl_s=settings.verdict_ttl_s,
-                    )
-            results = await _send_chunk(
-                producer, settings.input_topic, chunk, pacer, force=options.force, tracer=tracer
+            tokens = [
+                ReplayToken(secrets.token_hex(16), letter.key or b"", letter.message_id, options.force)
+                for letter in chunk
+            ]
+            # Registered before the records go: the worker believes (and forces) only what Redis holds.
+            await register_tokens(redis, settings.redis_prefix, tokens, ttl_s=token_ttl_s)
+            results = await _send_chunk(producer, settings.input_topic, chunk, tokens, pacer, tracer=tracer)
+            marks = _marks_of_acknowledged(chunk, results, forced=options.force)
+            await mark_replayed(
+                redis, settings.redis_prefix, settings.dlq_topic, marks, ttl_s=settings.verdict_ttl_s
             )
-            marks = _marks_of_acknowledged(settings.dlq_topic, chunk, results, forced=options.force)
-            await mark_replayed(redis, settings.redis_prefix, marks)
             sent += len(marks)
             progress.advance(len(marks))
             failed = next((r for r in results if isinstance(r, BaseException)), None)
@@ -300,9 +303,9 @@ async def _send_chunk(
     producer: AIOKafkaProducer,
     topic: str,
     letters: Sequence[DeadLetter],
+    tokens: Sequence[ReplayToken],
     pacer: Pacer,
     *,
-    force: bool,
     tracer: Tracer,
 ) -> list[object]:
     """Send ``letters`` and await every acknowledgement: one result (metadata or exception) per letter.
@@ -310,10 +313,10 @@ async def _send_chunk(
     sends: list[asyncio.Future[object]] = []
     spans: list[Span] = []
     refused: BaseException | None = None
-    for letter in letters:
+    for letter, token in zip(letters, tokens, strict=True):
         await pacer.wait()
         assert letter.envelope is not None  # plan() never chooses one without an envelope
-        headers = replay_headers(letter, letter.envelope, force=force)
+        headers = replay_headers(letter, letter.envelope, force=token.force, token=token.token)
         span = _republish_span(tracer, topic, letter, letter.envelope)
         try:
             sends.append(await producer.send(topic, letter.value, key=letter.key, headers=headers))
@@ -352,11 +355,11 @@ def _end_span(span: Span, result: object) -> None:
 
 
 def _marks_of_acknowledged(
-    dlq_topic: str, letters: Sequence[DeadLetter], results: Sequence[object], *, forced: bool
-) -> dict[str, ReplayMark]:
+    letters: Sequence[DeadLetter], results: Sequence[object], *, forced: bool
+) -> dict[tuple[int, int], ReplayMark]:
     now = utc_now_rfc3339()
     return {
-        replayed_field(dlq_topic, letter.partition, letter.offset): ReplayMark(
+        (letter.partition, letter.offset): ReplayMark(
             now, (letter.envelope.replay_count if letter.envelope else 0) + 1, forced
         )
         for letter, result in zip(letters, results, strict=True)

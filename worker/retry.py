@@ -23,6 +23,7 @@ from tenacity import (
     stop_before_delay,
     wait_exponential_jitter,
 )
+from tenacity.stop import stop_base
 
 from worker.errors import GuardError, is_infrastructure, is_transient
 
@@ -58,8 +59,18 @@ class GuardCallFailed(Exception):
 
     @property
     def exhausted(self) -> bool:
-        """True when the error was transient and the retry budget ran out."""
-        return self.error.retriable
+        """True when the error was transient and the retry budget ran out: the message may try again later
+        through the retry topics (an error that declares ``reschedule=False`` never does)."""
+        return self.error.retriable and self.error.reschedule
+
+
+class _stop_at_error_cap(stop_base):
+    """Stop once the last error's own ``max_attempts`` is reached (a bad guard reply is tried twice)."""
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        cap = getattr(error, "max_attempts", None)
+        return cap is not None and retry_state.attempt_number >= cap
 
 
 @dataclass(frozen=True)
@@ -96,7 +107,9 @@ class RetryPolicy:
             return is_transient(exc) and not (hold is not None and hold())
 
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_attempts) | stop_before_delay(self.max_total_s),
+            stop=stop_after_attempt(self.max_attempts)
+            | stop_before_delay(self.max_total_s)
+            | _stop_at_error_cap(),
             wait=self._wait,
             retry=retry_if_exception(should_retry),
             reraise=True,

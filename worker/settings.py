@@ -17,6 +17,7 @@ from worker.settings_values import (
     _boolean,
     _bootstrap,
     _chunk_chars,
+    _compression,
     _http_url,
     _optional_file,
     _optional_text,
@@ -94,6 +95,27 @@ SPECS: tuple[Spec, ...] = (
     Spec("commit_interval_s", "GUARDQ_COMMIT_INTERVAL_S", "1", _positive_float, "periodic commit interval"),
     Spec("guard_attempts", "GUARDQ_GUARD_ATTEMPTS", "3", _positive_int, "in-process guard attempts"),
     Spec(
+        "kafka_compression",
+        "GUARDQ_KAFKA_COMPRESSION",
+        "zstd",
+        _compression,
+        "codec of what guardq sends: none, gzip, snappy, lz4, zstd",
+    ),
+    Spec(
+        "kafka_max_message_bytes",
+        "GUARDQ_KAFKA_MAX_MESSAGE_BYTES",
+        str(16 * 1024 * 1024),
+        _positive_int,
+        "largest record guardq sends (set it to the brokers' message.max.bytes)",
+    ),
+    Spec(
+        "max_inflate_mb",
+        "GUARDQ_MAX_INFLATE_MB",
+        "64",
+        _positive_int,
+        "a fetched batch that inflates past this is dead-lettered undecodable",
+    ),
+    Spec(
         "kafka_security_protocol", "GUARDQ_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", _security_protocol, "Kafka"
     ),
     Spec(
@@ -159,6 +181,9 @@ class Settings:
     session_timeout_s: float
     commit_interval_s: float
     guard_attempts: int
+    kafka_compression: str | None
+    kafka_max_message_bytes: int
+    max_inflate_mb: int
     kafka_security_protocol: str
     kafka_sasl_mechanism: str | None
     kafka_sasl_username: str | None

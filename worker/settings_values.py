@@ -160,3 +160,13 @@ def _retry_schedule(raw: str) -> tuple[str, ...]:
     if delays != sorted(delays):
         raise ValueError("delays must not decrease")
     return steps
+
+
+COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
+
+
+def _compression(raw: str) -> str | None:
+    value = raw.strip().lower()
+    if value not in COMPRESSIONS:
+        raise ValueError(f"must be one of {', '.join(COMPRESSIONS)}")
+    return None if value == "none" else value

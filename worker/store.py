@@ -1,26 +1,20 @@
-"""Redis: the verdict store and the in-flight leases. Every key pattern and script is in this module.
+"""Redis: the verdict store, the in-flight leases and chunk verdicts. Every script is in this module;
+every key shape is in ``worker.keys``.
 
-Keys (``P`` = GUARDQ_REDIS_PREFIX):
-- ``P verdict:<id>``  the verdict JSON, TTL = GUARDQ_VERDICT_TTL_S (the deduplication window);
-- ``P lease:<id>``    the token of the worker moderating ``id`` now; short TTL, renewed by its holder;
-- ``P chunk:<id>#chunk<i>/<n>@<chars>:<model>``  the guard verdict of chunk i of n (cut at most <chars>
-  long) of a long text, so a redelivery does not
-  pay for it again; TTL one day (or the verdict TTL, if shorter);
-- ``P force:<id>``    the token of a forced replay (`guardq dlq replay --force`) allowed to moderate ``id``
-  again and overwrite its verdict; the worker deletes it with that store (one use); TTL = verdict TTL;
-- ``P dlq:replayed``  a hash, field ``<dlq topic>/<partition>/<offset>`` per dead letter `guardq dlq replay`
-  republished, value JSON ``{"at": rfc3339, "replay_count": n, "forced": bool}``; no TTL, never pruned
-  (one small field per replayed dead letter), so ``dlq list --pending`` knows what is left.
+A verdict is bound to the content it judged: the stored JSON names ``content_sha256``, and each lease
+carries the hash of the content being moderated. A delivery whose id has a verdict, or a lease, for other
+content gets ``ClaimState.CONFLICT`` (the pipeline dead-letters it as ``id_conflict`` without a guard call,
+and the stored verdict is untouched). A verdict stored before content binding existed names no hash and
+is served to any content of its id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import logging
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,49 +23,92 @@ from urllib.parse import urlparse
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
+from worker.errors import IdConflict
+from worker.keys import RedisKeys
+
 if TYPE_CHECKING:
     from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
 CHUNK_TTL_S = 86_400
+CONTENT_HASH_CHARS = 64  # SHA-256, hex
 
-# One round trip: a stored verdict wins; else take the lease if free; else report who holds it for how long.
-# A forced replay (ARGV[3] = its token, equal to the value `guardq dlq replay --force` wrote at KEYS[3])
-# ignores the stored verdict: the message is moderated again. A header alone, without that key, forces nothing.
-_CLAIM = """
-if ARGV[3] == '' or redis.call('GET', KEYS[3]) ~= ARGV[3] then
-  local verdict = redis.call('GET', KEYS[1])
-  if verdict then return {1, verdict} end
+# The content hash a stored verdict names (nil for a verdict stored before content binding).
+_CONTENT_OF = """
+local function content_of(verdict)
+  local ok, doc = pcall(cjson.decode, verdict)
+  if ok and type(doc) == 'table' and type(doc['content_sha256']) == 'string' then
+    return doc['content_sha256']
+  end
+  return nil
 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, ''} end
-return {3, tostring(redis.call('PTTL', KEYS[2]))}
 """
 
-# Store the verdict and drop our lease together, so no reader sees neither. The first verdict wins:
-# if another worker took over a lease we lost and stored first, its verdict is returned instead.
-# A forced replay whose token still stands at KEYS[3] overwrites whatever is stored, and uses the token up:
-# a redelivery of the same record afterwards finds the new verdict like any duplicate.
-_SAVE = """
+# One round trip (KEYS: verdict, lease, force; ARGV: token, lease ms, force token, content hash): a stored
+# verdict for this content wins (code 1); one for other content is a conflict (4); else take the lease if
+# free (2); a lease held for other content is a conflict too (4); else report how long it is held (3).
+# A forced replay (ARGV[3] = its token, equal to the value `guardq dlq replay --force` wrote at KEYS[3])
+# ignores the stored verdict: the message is moderated again. A header alone, without that key, forces nothing.
+_CLAIM = (
+    _CONTENT_OF
+    + """
+if ARGV[3] == '' or redis.call('GET', KEYS[3]) ~= ARGV[3] then
+  local verdict = redis.call('GET', KEYS[1])
+  if verdict then
+    local stored = content_of(verdict)
+    if stored and stored ~= ARGV[4] then return {4, ''} end
+    return {1, verdict}
+  end
+end
+if redis.call('SET', KEYS[2], ARGV[1] .. ':' .. ARGV[4], 'NX', 'PX', ARGV[2]) then return {2, ''} end
+local holder = redis.call('GET', KEYS[2])
+if holder and string.sub(holder, -64) ~= ARGV[4] then return {4, ''} end
+return {3, tostring(redis.call('PTTL', KEYS[2]))}
+"""
+)
+
+# Store the verdict and drop our lease together, so no reader sees neither (KEYS: verdict, lease, force;
+# ARGV: verdict, ttl s, lease value, force token, content hash). The first verdict wins: if another worker
+# took over a lease we lost and stored first, its verdict is returned instead (1), unless it judged other
+# content (4: a conflict). A forced replay whose token still stands at KEYS[3] overwrites whatever is
+# stored, and uses the token up: a redelivery of the same record afterwards finds the new verdict like any
+# duplicate. Code 0: ours is stored.
+_SAVE = (
+    _CONTENT_OF
+    + """
 if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
 if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then
   redis.call('DEL', KEYS[3])
 else
   local existing = redis.call('GET', KEYS[1])
-  if existing then return existing end
+  if existing then
+    local stored = content_of(existing)
+    if stored and stored ~= ARGV[5] then return {4, ''} end
+    return {1, existing}
+  end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return false
+return {0, ''}
 """
+)
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 
-_RELEASE = """
+# Delete a key only while it holds ARGV[1]: a lease by its holder, a force token by its replay.
+_DELETE_IF = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# What readiness and the start-up check run: a script (EVALSHA allowed?) that writes (disk, replicas,
+# memory, permissions) one short-lived key.
+_PROBE = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', 10000)
+return 1
 """
 
 
@@ -151,86 +188,13 @@ async def delete_prefix(url: str, prefix: str, *, batch: int = 5000) -> int:
     return deleted
 
 
-def verdict_key(prefix: str, message_id: str) -> str:
-    """The key of ``message_id``'s stored verdict."""
-    return f"{prefix}verdict:{message_id}"
-
-
-def force_key(prefix: str, message_id: str) -> str:
-    """Where `guardq dlq replay --force` authorises one forced moderation of ``message_id``."""
-    return f"{prefix}force:{message_id}"
-
-
-async def authorise_force(redis: Redis, prefix: str, message_id: str, token: str, *, ttl_s: int) -> None:
-    """Let the forced replay carrying ``token`` moderate ``message_id`` again, once (the worker uses it up)."""
-    await redis.set(force_key(prefix, message_id), token, ex=ttl_s)
-
-
-def replayed_key(prefix: str) -> str:
-    """The hash of dead letters `guardq dlq replay` republished (see the module docstring)."""
-    return f"{prefix}dlq:replayed"
-
-
-def replayed_field(dlq_topic: str, partition: int, offset: int) -> str:
-    """The field of one dead letter in the replayed hash."""
-    return f"{dlq_topic}/{partition}/{offset}"
-
-
-@dataclass(frozen=True)
-class ReplayMark:
-    """What the replayed hash records of one republished dead letter."""
-
-    at: str  # RFC 3339 UTC, when the broker acknowledged the republish
-    replay_count: int  # the republished record's guardq.replay_count
-    forced: bool
-
-    def to_json(self) -> str:
-        return json.dumps({"at": self.at, "replay_count": self.replay_count, "forced": self.forced})
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> ReplayMark:
-        document = json.loads(raw)
-        return cls(str(document["at"]), int(document["replay_count"]), bool(document["forced"]))
-
-
-async def ids_with_verdict(redis: Redis, prefix: str, ids: Iterable[str], *, batch: int = 500) -> set[str]:
-    """Which of ``ids`` have a stored verdict (MGET in batches of ``batch``)."""
-    wanted = list(dict.fromkeys(ids))
-    found: set[str] = set()
-    for start in range(0, len(wanted), batch):
-        chunk = wanted[start : start + batch]
-        values = await redis.mget([verdict_key(prefix, message_id) for message_id in chunk])
-        found.update(message_id for message_id, value in zip(chunk, values, strict=True) if value is not None)
-    return found
-
-
-async def replay_marks(
-    redis: Redis, prefix: str, fields: Iterable[str], *, batch: int = 500
-) -> dict[str, ReplayMark]:
-    """The replay marks of those ``fields`` (see ``replayed_field``) that were replayed (HMGET in batches)."""
-    wanted = list(dict.fromkeys(fields))
-    found: dict[str, ReplayMark] = {}
-    for start in range(0, len(wanted), batch):
-        chunk = wanted[start : start + batch]
-        values = await redis.hmget(replayed_key(prefix), chunk)
-        found.update(
-            (name, ReplayMark.from_json(value)) for name, value in zip(chunk, values, strict=True) if value
-        )
-    return found
-
-
-async def mark_replayed(redis: Redis, prefix: str, marks: Mapping[str, ReplayMark]) -> None:
-    """Record dead letters as replayed (one HSET); call only once the broker acknowledged each one."""
-    if marks:
-        await redis.hset(replayed_key(prefix), mapping={name: mark.to_json() for name, mark in marks.items()})
-
-
 class ClaimState(enum.Enum):
     """What ``VerdictStore.claim`` found."""
 
-    VERDICT = "verdict"  # a verdict is stored: no guard call
+    VERDICT = "verdict"  # a verdict for this content is stored: no guard call
     ACQUIRED = "acquired"  # we hold the lease: moderate
-    BUSY = "busy"  # another delivery holds the lease: wait and re-check
+    BUSY = "busy"  # another delivery of this content holds the lease: wait and re-check
+    CONFLICT = "conflict"  # the id has a verdict, or a lease, for other content
 
 
 @dataclass(frozen=True)
@@ -246,61 +210,68 @@ class Lease:
 
     message_id: str
     token: str
+    content_sha256: str
+
+    @property
+    def value(self) -> str:
+        """What the lease key holds: the holder's token and the hash of the content it moderates."""
+        return f"{self.token}:{self.content_sha256}"
 
 
 class VerdictStore:
-    """Idempotent verdict storage with in-flight leases."""
+    """Idempotent verdict storage with in-flight leases, bound to content."""
 
     def __init__(self, redis: Redis, *, prefix: str, verdict_ttl_s: int, lease_ttl_s: float) -> None:
         self._redis = redis
-        self._prefix = prefix
+        self.keys = RedisKeys(prefix)
         self._verdict_ttl_s = verdict_ttl_s
         self._lease_ttl_ms = int(lease_ttl_s * 1000)
         self._claim = redis.register_script(_CLAIM)
         self._save = redis.register_script(_SAVE)
         self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
+        self._delete_if = redis.register_script(_DELETE_IF)
+        self._probe = redis.register_script(_PROBE)
 
     @property
     def lease_ttl_s(self) -> float:
         return self._lease_ttl_ms / 1000
 
-    def verdict_key(self, message_id: str) -> str:
-        return verdict_key(self._prefix, message_id)
+    def _keys_of(self, message_id: str) -> list[str]:
+        return [self.keys.verdict(message_id), self.keys.lease(message_id), self.keys.force(message_id)]
 
-    def lease_key(self, message_id: str) -> str:
-        return f"{self._prefix}lease:{message_id}"
-
-    def force_key(self, message_id: str) -> str:
-        return force_key(self._prefix, message_id)
-
-    async def claim(self, message_id: str, *, force_token: str | None = None) -> tuple[Claim, Lease | None]:
-        """Look up the verdict and, if there is none, try to take the in-flight lease. With the
-        ``force_token`` of a forced replay that Redis still holds, a stored verdict is ignored."""
+    async def claim(
+        self, message_id: str, content_sha256: str, *, force_token: str | None = None
+    ) -> tuple[Claim, Lease | None]:
+        """Look up the verdict and, if there is none, try to take the in-flight lease for this content.
+        With the ``force_token`` of a forced replay that Redis still holds, a stored verdict is ignored."""
         token = uuid.uuid4().hex
-        keys = [self.verdict_key(message_id), self.lease_key(message_id), self.force_key(message_id)]
-        args: list[str | int] = [token, self._lease_ttl_ms, force_token or ""]
-        code, payload = await self._claim(keys=keys, args=args)
+        args: list[str | int] = [token, self._lease_ttl_ms, force_token or "", content_sha256]
+        code, payload = await self._claim(keys=self._keys_of(message_id), args=args)
         if code == 1:
             return Claim(ClaimState.VERDICT, verdict=bytes(payload)), None
         if code == 2:
-            return Claim(ClaimState.ACQUIRED), Lease(message_id, token)
+            return Claim(ClaimState.ACQUIRED), Lease(message_id, token, content_sha256)
+        if code == 4:
+            return Claim(ClaimState.CONFLICT), None
         return Claim(ClaimState.BUSY, lease_ttl_ms=max(0, int(payload))), None
 
     async def save(self, lease: Lease, verdict_json: bytes, *, force_token: str | None = None) -> bytes:
         """Store the verdict with its TTL and release the lease; returns the verdict that is stored
-        (``verdict_json``, or one stored first by a worker that took over a lost lease). With the
-        ``force_token`` of a forced replay that Redis still holds, ``verdict_json`` replaces any stored
-        verdict and the token is used up."""
-        keys = [
-            self.verdict_key(lease.message_id),
-            self.lease_key(lease.message_id),
-            self.force_key(lease.message_id),
+        (``verdict_json``, or one of the same content stored first by a worker that took over a lost
+        lease; ``IdConflict`` if that one judged other content). With the ``force_token`` of a forced
+        replay that Redis still holds, ``verdict_json`` replaces any stored verdict and the token is used up."""
+        args: list[bytes | str | int] = [
+            verdict_json,
+            self._verdict_ttl_s,
+            lease.value,
+            force_token or "",
+            lease.content_sha256,
         ]
-        args: list[bytes | str | int] = [verdict_json, self._verdict_ttl_s, lease.token, force_token or ""]
-        existing = await self._save(keys=keys, args=args)
-        if existing is None:
+        code, existing = await self._save(keys=self._keys_of(lease.message_id), args=args)
+        if code == 0:
             return verdict_json
+        if code == 4:
+            raise IdConflict("a verdict for other content was stored under this id while it was moderated")
         return existing if isinstance(existing, bytes) else str(existing).encode()
 
     async def renew_many(self, leases: list[Lease]) -> list[bool]:
@@ -308,8 +279,8 @@ class VerdictStore:
         async with self._redis.pipeline(transaction=False) as pipe:
             for lease in leases:
                 await self._renew(
-                    keys=[self.lease_key(lease.message_id)],
-                    args=[lease.token, self._lease_ttl_ms],
+                    keys=[self.keys.lease(lease.message_id)],
+                    args=[lease.value, self._lease_ttl_ms],
                     client=pipe,
                 )
             results = await pipe.execute()
@@ -317,21 +288,42 @@ class VerdictStore:
 
     async def release(self, lease: Lease) -> None:
         """Give the lease up without a verdict (the message was dead-lettered or the work dropped)."""
-        await self._release(keys=[self.lease_key(lease.message_id)], args=[lease.token])
+        await self._delete_if(keys=[self.keys.lease(lease.message_id)], args=[lease.value])
 
-    def chunk_key(self, key: str) -> str:
-        return f"{self._prefix}chunk:{key}"
+    async def drop_force(self, message_id: str, token: str) -> None:
+        """Withdraw a forced replay's authorisation (its message was dead-lettered again), if it still
+        stands: a later delivery of that record must not overwrite anything."""
+        await self._delete_if(keys=[self.keys.force(message_id)], args=[token])
 
-    async def load_chunks(self, keys: list[str]) -> list[bytes | None]:
-        """The stored verdicts of chunks (``worker.chunking.chunk_key``), None where there is none yet."""
-        values = await self._redis.mget([self.chunk_key(key) for key in keys])
+    async def replay_origin(self, token: str) -> bytes | None:
+        """The record key `guardq dlq replay` registered for ``token`` (None: not a replay of ours)."""
+        value = await self._redis.get(self.keys.replay(token))
+        return value if value is None or isinstance(value, bytes) else str(value).encode()
+
+    async def load_chunks(self, digests: list[str]) -> list[bytes | None]:
+        """The stored verdicts of chunks by content digest (``worker.chunking.chunk_digest``), None where
+        there is none yet."""
+        values = await self._redis.mget([self.keys.chunk(digest) for digest in digests])
         return [
             value if value is None or isinstance(value, bytes) else str(value).encode() for value in values
         ]
 
-    async def save_chunk(self, key: str, verdict_json: bytes) -> None:
-        """Keep one chunk's verdict until the message's own verdict is stored (a day at most)."""
-        await self._redis.set(self.chunk_key(key), verdict_json, ex=min(self._verdict_ttl_s, CHUNK_TTL_S))
+    async def save_chunk(self, digest: str, verdict_json: bytes) -> None:
+        """Keep one chunk's verdict for redeliveries (a day at most)."""
+        await self._redis.set(self.keys.chunk(digest), verdict_json, ex=min(self._verdict_ttl_s, CHUNK_TTL_S))
+
+    async def probe(self) -> None:
+        """Run a script that writes one short-lived key: raises what Redis answers when scripts may not run
+        or writes are refused (NOPERM, MISCONF, NOREPLICAS, READONLY, OOM, BUSY ...)."""
+        await self._probe(keys=[self.keys.probe()], args=[uuid.uuid4().hex])
+
+    async def check_claims(self) -> None:
+        """Run the claim script once for a probe id and release what it took: raises what Redis answers
+        when the real scripts cannot run here (CROSSSLOT/MOVED on a Cluster endpoint, NOPERM ...)."""
+        probe_id = f"probe-{uuid.uuid4().hex}"
+        _, lease = await self.claim(probe_id, "0" * CONTENT_HASH_CHARS)
+        if lease is not None:
+            await self.release(lease)
 
 
 class LeaseKeeper:

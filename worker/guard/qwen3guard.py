@@ -7,6 +7,7 @@ policy lives in one place above it). Parsing and status mapping are pure code in
 from __future__ import annotations
 
 import json
+import logging
 import ssl
 import time
 from collections.abc import Mapping
@@ -22,27 +23,36 @@ from worker.guard.qwen3guard_parse import (
     context_window,
     error_for_status,
     error_message,
+    escape_frame,
     model_ids,
     neutralise,
     one_line,
     parse_guard_output,
     parse_retry_after,
     reply_content,
+    unknown_categories,
 )
 
 __all__ = ["Qwen3GuardBackend", "build_messages", "neutralise", "parse_guard_output", "parse_retry_after"]
 
 # The verdict is three short lines; 128 tokens leaves room without letting a confused model ramble.
 MAX_TOKENS: Final = 128
+# A verdict reply is well under 2 KiB; anything past this is read no further (64 calls in flight must not
+# be able to hold 64 huge replies in memory). An error reply is cut there; a 200 reply is a bad reply.
+MAX_REPLY_BYTES: Final = 1024 * 1024
+_READ_CHUNK_BYTES: Final = 64 * 1024
+
+log = logging.getLogger(__name__)
 
 
 def build_messages(request: GuardRequest) -> list[dict[str, str]]:
-    """The chat messages for one request; no system prompt, the guard's chat template supplies it."""
-    text = neutralise(request.text)
+    """The chat messages for one request; no system prompt, the guard's chat template supplies it. Control
+    tokens and the template's frame markers in the texts are escaped (``escape_frame``)."""
+    text = escape_frame(request.text)
     if request.kind == "prompt":
         return [{"role": "user", "content": text}]
     # Response moderation needs a user turn; a response without its prompt is judged on its own.
-    prompt = neutralise(request.prompt or "")
+    prompt = escape_frame(request.prompt or "")
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
 
 
@@ -76,6 +86,28 @@ def tls_context(*, verify: bool = True, ca_file: str | None = None) -> ssl.SSLCo
         context.check_hostname = False  # must go first: the SSL module refuses CERT_NONE while it is on
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
+    """At most ``cap`` bytes of the body, and whether that is all of it (the rest is never read: the
+    connection is closed instead of drained)."""
+    declared = resp.content_length
+    if declared is not None and declared > cap:
+        resp.close()
+        return b"", False
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(_READ_CHUNK_BYTES):
+        body += chunk
+        if len(body) > cap:
+            resp.close()
+            return bytes(body[:cap]), False
+    return bytes(body), True
+
+
+def _redirect_note(location: str) -> str:
+    """Where a redirect pointed, without path or query (they may carry tokens)."""
+    parts = urlsplit(location)
+    return f"to {parts.scheme}://{parts.hostname}" if parts.hostname else "without a usable Location"
 
 
 def _without_credentials(url: str) -> str:
@@ -167,16 +199,20 @@ class Qwen3GuardBackend(AsyncLifecycle):
             "temperature": 0,
             "max_tokens": MAX_TOKENS,
         }
-        status, headers, body = await self._call("POST", "/chat/completions", payload)
+        status, headers, body, whole = await self._call("POST", "/chat/completions", payload)
         if status != 200:
             # Error replies may quote the input; message text must never reach logs or dead-letter headers.
             contents = [message["content"] for message in messages]
             raise self._http_error(status, headers, scrub_input(body, contents))
         try:
+            if not whole:
+                raise GuardBadReply(f"guard reply is larger than {MAX_REPLY_BYTES} bytes")
             label, categories, refusal = parse_guard_output(reply_content(body), request.kind)
         except GuardBadReply as exc:
             exc.status = status
             raise
+        if unknown := unknown_categories(categories):
+            log.warning("guard named categories outside Qwen3Guard's list, kept as given: %s", unknown)
         return GuardVerdict(label=label, categories=categories, refusal=refusal, model=self._model)
 
     async def check(self) -> None:
@@ -188,7 +224,7 @@ class Qwen3GuardBackend(AsyncLifecycle):
 
         Raises GuardConfigError if the model is not listed, GuardUnavailable/GuardTimeout if unreachable.
         """
-        status, headers, body = await self._call("GET", "/models", probe=True)
+        status, headers, body, _ = await self._call("GET", "/models", probe=True)
         if status != 200:
             raise self._http_error(status, headers, body)
         served = model_ids(body)
@@ -218,15 +254,22 @@ class Qwen3GuardBackend(AsyncLifecycle):
 
     async def _call(
         self, method: str, path: str, payload: Mapping[str, Any] | None = None, *, probe: bool = False
-    ) -> tuple[int, Mapping[str, str], bytes]:
-        """One HTTP exchange: (status, headers, body), with transport failures mapped to GuardErrors."""
+    ) -> tuple[int, Mapping[str, str], bytes, bool]:
+        """One HTTP exchange: (status, headers, body, whether the body is whole), with transport failures
+        mapped to GuardErrors. Redirects are never followed (they would re-send the user's text to another
+        origin); the body is read up to ``MAX_REPLY_BYTES``."""
         session = self._probe_session if probe else self._session
         if session is None:
             raise RuntimeError("Qwen3GuardBackend.start() was not called")
         url = self._base_url + path
         try:
-            async with session.request(method, url, json=payload, headers=self._headers()) as resp:
-                return resp.status, resp.headers, await resp.read()
+            async with session.request(
+                method, url, json=payload, headers=self._headers(), allow_redirects=False
+            ) as resp:
+                body, whole = await _read_capped(resp, MAX_REPLY_BYTES)
+                if 300 <= resp.status < 400:
+                    body = _redirect_note(resp.headers.get("Location", "")).encode()
+                return resp.status, resp.headers, body, whole
         except TimeoutError as exc:
             # Caught before ClientError: aiohttp's connect/read timeouts subclass both.
             raise GuardTimeout(

@@ -40,6 +40,7 @@ _CONTROL_TOKENS: Final[dict[str, str]] = {
 _CONTROL_RE: Final = re.compile("|".join(re.escape(token) for token in _CONTROL_TOKENS))
 
 _KEY_LINE_RE: Final = re.compile(r"^\s*(safety|categories|refusal)\s*:(.*)$", re.IGNORECASE)
+_KEY_ORDER: Final = ("safety", "categories", "refusal")
 _DELTA_SECONDS_RE: Final = re.compile(r"\d+(\.\d+)?")
 # vLLM words context overflow two ways: the OpenAI-style check ("maximum context length is N tokens")
 # and the engine's input check ("... is longer than the maximum model length of N").
@@ -49,58 +50,97 @@ MAX_MESSAGE_CHARS: Final = 300
 _RAW_BODY_CHARS: Final = 200
 
 
+# Qwen3Guard's chat template frames the text with plain-text markers (``<BEGIN CONVERSATION>``, ``USER:``,
+# ``<END CONVERSATION>``) and asks for ``Safety:``/``Categories:``/``Refusal:`` lines. A text that writes
+# them could try to close the frame and write its own verdict, so they are escaped: the angle brackets of
+# ``<BEGIN ...>``/``<END ...>`` and the colon of a line-leading role or verdict key become look-alikes
+# that read the same to a human and match nothing in the template.
+_FRAME_MARKER_RE: Final = re.compile(r"<(\s*(?:BEGIN|END)\b[^<>\n]{0,80})>", re.IGNORECASE)
+_LINE_KEY_RE: Final = re.compile(
+    r"^(\s*(?:USER|ASSISTANT|SYSTEM|SAFETY|CATEGORIES|REFUSAL)\s*):", re.IGNORECASE | re.MULTILINE
+)
+_LOOKALIKE_COLON: Final = "\ua789"  # MODIFIER LETTER COLON
+# The most categories a reply may list, and the longest name kept: an unknown category is kept as the
+# guard wrote it, so a confused guard must not write an unbounded verdict.
+MAX_CATEGORIES: Final = 16
+MAX_CATEGORY_CHARS: Final = 100
+
+
 def neutralise(text: str) -> str:
     """Replace chat-template control tokens with visible, harmless look-alikes (one pass, exact match)."""
     return _CONTROL_RE.sub(lambda match: _CONTROL_TOKENS[match.group(0)], text)
 
 
-def _key_values(content: str) -> dict[str, str]:
-    """The ``Safety``/``Categories``/``Refusal`` lines, keys lower-cased; a repeated key is ambiguous."""
-    found: dict[str, str] = {}
-    for line in content.splitlines():
-        match = _KEY_LINE_RE.match(line)
-        if match is None:
-            continue
-        key, value = match.group(1).lower(), match.group(2).strip()
-        if key in found:
-            raise GuardBadReply(f"guard reply repeats the {key!r} line: {one_line(content)}")
-        found[key] = value
-    return found
+def escape_frame(text: str) -> str:
+    """``neutralise`` plus the escaping of Qwen3Guard's frame markers and line-leading keys (see above)."""
+    text = _FRAME_MARKER_RE.sub(lambda match: f"\u2039{match.group(1)}\u203a", neutralise(text))
+    return _LINE_KEY_RE.sub(lambda match: match.group(1) + _LOOKALIKE_COLON, text)
 
 
-def _parse_categories(value: str | None, content: str) -> tuple[str, ...]:
+def _verdict_lines(content: str) -> dict[str, str]:
+    """The ``Safety``/``Categories``/``Refusal`` lines, keys lower-cased. The reply must be exactly these:
+    the Safety line first (where the model writes it), then Categories, then Refusal, nothing else; a
+    verdict written anywhere else (echoed from the text) is not the model's."""
+    lines = [line for line in content.splitlines() if line.strip()]
+    matches = [_KEY_LINE_RE.match(line) for line in lines]
+    keys = [match.group(1).lower() if match else None for match in matches]
+    if "safety" not in keys:
+        raise GuardBadReply(f"guard reply has no Safety line ({len(content)} chars)")
+    if keys[0] != "safety":
+        raise GuardBadReply("guard reply does not begin with its Safety line")
+    if None in keys:
+        raise GuardBadReply(f"guard reply has {keys.count(None)} line(s) that are not part of a verdict")
+    if len(set(keys)) != len(keys):
+        repeated = next(key for key in keys if keys.count(key) > 1)
+        raise GuardBadReply(f"guard reply repeats the {repeated!r} line")
+    if keys != sorted(keys, key=_KEY_ORDER.index):
+        raise GuardBadReply("guard reply has its lines out of order")
+    return {key: match.group(2).strip() for key, match in zip(keys, matches, strict=True) if key and match}
+
+
+def _category_name(raw: str) -> str:
+    """A category as the guard wrote it, on one line, without control characters, bounded."""
+    printable = "".join(char for char in raw if char.isprintable())
+    return " ".join(printable.split())[:MAX_CATEGORY_CHARS]
+
+
+def _parse_categories(value: str | None) -> tuple[str, ...]:
+    """The names on the Categories line. One outside Qwen3Guard's list is kept as given (a newer model's
+    category, a spelling variant): dropping it could turn an unsafe verdict's reasons into none."""
     if value is None or value.lower() == "none":
         return ()
     names: list[str] = []
     for raw in value.split(","):
-        name = raw.strip()
+        name = _category_name(raw)
         if not name:
             continue  # tolerate a trailing comma; an empty name carries no claim
-        if name not in CATEGORIES:
-            raise GuardBadReply(f"guard reply has unknown category {name!r}: {one_line(content)}")
         if name not in names:
             names.append(name)
-    return tuple(names)
+    return tuple(names[:MAX_CATEGORIES])
+
+
+def unknown_categories(categories: tuple[str, ...]) -> list[str]:
+    """The names in ``categories`` that are not in Qwen3Guard's documented list."""
+    return [name for name in categories if name not in CATEGORIES]
 
 
 def parse_guard_output(content: str, kind: Kind) -> tuple[Label, tuple[str, ...], bool | None]:
     """Parse Qwen3Guard-Gen output into (label, categories, refusal); raises GuardBadReply if malformed.
 
-    Refusal is only read for response moderation, and is None when the line is absent.
+    Refusal is only read for response moderation, and is None when the line is absent. Error messages
+    never quote the reply: a confused guard may echo the user's text.
     """
-    values = _key_values(content)
-    safety = values.get("safety")
-    if safety is None:
-        raise GuardBadReply(f"guard reply has no Safety line: {one_line(content)}")
+    values = _verdict_lines(content)
+    safety = values["safety"]
     label = _LABELS.get(safety.lower())
     if label is None:
-        raise GuardBadReply(f"guard reply has unknown Safety value {safety!r}: {one_line(content)}")
-    categories = _parse_categories(values.get("categories"), content)
+        raise GuardBadReply(f"guard reply has an unknown Safety value ({len(safety)} chars)")
+    categories = _parse_categories(values.get("categories"))
     refusal: bool | None = None
     if kind == "response" and "refusal" in values:
         refusal = _REFUSALS.get(values["refusal"].lower())
         if refusal is None:
-            raise GuardBadReply(f"guard reply has unknown Refusal value: {one_line(content)}")
+            raise GuardBadReply("guard reply has an unknown Refusal value")
     return label, categories, refusal
 
 
@@ -157,6 +197,13 @@ def error_message(body: bytes) -> str:
 def error_for_status(status: int, message: str, retry_after_s: float | None = None) -> GuardError:
     """The GuardError for a non-200 reply; the one place that maps HTTP statuses to the taxonomy."""
     text = f"guard HTTP {status}: {message}"
+    if 300 <= status < 400:
+        # Never followed: a redirect would re-send the user's text to another origin (https -> http too).
+        return GuardUnavailable(
+            f"guard HTTP {status} redirect ({message}); redirects are not followed: "
+            "set GUARDQ_GUARD_URL to the address that answers",
+            status=status,
+        )
     if status == 408:
         return GuardTimeout(
             text, status=status
@@ -176,11 +223,11 @@ def reply_content(body: bytes) -> str:
     """``choices[0].message.content`` of a 200 chat-completions body; GuardBadReply if absent or truncated."""
     try:
         doc = json.loads(body)
-    except ValueError:
-        raise GuardBadReply(f"guard reply is not JSON: {error_message(body)}") from None
+    except (ValueError, RecursionError):
+        raise GuardBadReply(f"guard reply is not JSON ({len(body)} bytes)") from None
     choices = doc.get("choices") if isinstance(doc, dict) else None
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise GuardBadReply(f"guard reply has no choices: {error_message(body)}")
+        raise GuardBadReply(f"guard reply has no choices ({len(body)} bytes)")
     choice = choices[0]
     # A verdict cut off by max_tokens may have lost its Categories or Refusal line.
     if choice.get("finish_reason") == "length":
@@ -188,7 +235,7 @@ def reply_content(body: bytes) -> str:
     message = choice.get("message")
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str):
-        raise GuardBadReply(f"guard reply has no message content: {error_message(body)}")
+        raise GuardBadReply(f"guard reply has no message content ({len(body)} bytes)")
     return content
 
 
