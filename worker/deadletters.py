@@ -164,9 +164,7 @@ class Filter:
 def shown(text: str) -> str:
     """``text`` safe for a terminal: control and format characters (escape sequences, bidi overrides,
     line breaks) written as ``\\uXXXX``, so a dead letter cannot drive the operator's terminal."""
-    return "".join(
-        f"\\u{ord(char):04x}" if unicodedata.category(char) in _UNSHOWN else char for char in text
-    )
+    return "".join(f"\\u{ord(char):04x}" if unicodedata.category(char) in _UNSHOWN else char for char in text)
 
 
 _UNSHOWN = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})

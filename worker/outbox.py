@@ -52,6 +52,9 @@ SMALLEST_VALUE_BYTES = 1024
 SMALLEST_KEY_BYTES = 512
 H_VALUE_TRUNCATED_FROM = "guardq.value_truncated_from"
 H_HEADERS_DROPPED = "guardq.headers_dropped"  # how many of the original record's headers were left out
+# Kafka clients refuse a record with neither key nor value (a keyless tombstone, an undecodable batch):
+# its dead letter carries an empty value and this marker instead.
+H_VALUE_ABSENT = "guardq.value_absent"
 # guardq headers a retry hop carries on unchanged (the envelope rewrites the others).
 KEPT_ON_RETRY = (H_FORCE, H_REPLAYED_FROM, H_REPLAY_TOKEN)
 
@@ -68,6 +71,9 @@ class _Form:
 
 def _forms(record: ConsumerRecord, envelope: Headers) -> Iterator[_Form]:
     """The dead letter of ``record`` whole, then smaller and smaller (see the module docstring)."""
+    if record.key is None and record.value is None:
+        yield _Form("whole", None, b"", envelope + [(H_VALUE_ABSENT, b"1")])
+        return
     own = carried_headers(record.headers or ())
     value: bytes | None = record.value
     size = len(value or b"")

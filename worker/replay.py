@@ -196,7 +196,9 @@ class Summary:
             for letter in self.plan.eligible:
                 count = letter.envelope.replay_count + 1 if letter.envelope else 1
                 reason = letter.envelope.error_reason if letter.envelope else "-"
-                lines.append(f"would replay {letter.coordinates} id={shown(letter.message_id)} {reason} #{count}")
+                lines.append(
+                    f"would replay {letter.coordinates} id={shown(letter.message_id)} {reason} #{count}"
+                )
         verb = "would replay" if self.dry_run else "replayed"
         lines.append(f"{verb} {len(self.plan.eligible) if self.dry_run else self.replayed} to {self.topic}")
         counts = self.plan.skip_counts()

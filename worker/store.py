@@ -63,7 +63,10 @@ if ARGV[3] == '' or redis.call('GET', KEYS[3]) ~= ARGV[3] then
 end
 if redis.call('SET', KEYS[2], ARGV[1] .. ':' .. ARGV[4], 'NX', 'PX', ARGV[2]) then return {2, ''} end
 local holder = redis.call('GET', KEYS[2])
-if holder and string.sub(holder, -64) ~= ARGV[4] then return {4, ''} end
+-- A lease of an older guardq (a token alone) names no content: wait for it like any other.
+if holder and string.sub(holder, -65, -65) == ':' and string.sub(holder, -64) ~= ARGV[4] then
+  return {4, ''}
+end
 return {3, tostring(redis.call('PTTL', KEYS[2]))}
 """
 )

@@ -57,7 +57,7 @@ _RAW_BODY_CHARS: Final = 200
 # that read the same to a human and match nothing in the template.
 _FRAME_MARKER_RE: Final = re.compile(r"<(\s*(?:BEGIN|END)\b[^<>\n]{0,80})>", re.IGNORECASE)
 _LINE_KEY_RE: Final = re.compile(
-    r"^(\s*(?:USER|ASSISTANT|SYSTEM|SAFETY|CATEGORIES|REFUSAL)\s*):", re.IGNORECASE | re.MULTILINE
+    r"^(\s*(?:USER|ASSISTANT|SYSTEM|SAFETY|CATEGORIES|REFUSAL)\s*):", re.IGNORECASE
 )
 _LOOKALIKE_COLON: Final = "\ua789"  # MODIFIER LETTER COLON
 # The most categories a reply may list, and the longest name kept: an unknown category is kept as the
@@ -74,7 +74,11 @@ def neutralise(text: str) -> str:
 def escape_frame(text: str) -> str:
     """``neutralise`` plus the escaping of Qwen3Guard's frame markers and line-leading keys (see above)."""
     text = _FRAME_MARKER_RE.sub(lambda match: f"\u2039{match.group(1)}\u203a", neutralise(text))
-    return _LINE_KEY_RE.sub(lambda match: match.group(1) + _LOOKALIKE_COLON, text)
+    # Lines as the parser splits them (\n, \r, \u2028, \x85 ...), so no line break slips past either.
+    return "".join(
+        _LINE_KEY_RE.sub(lambda match: match.group(1) + _LOOKALIKE_COLON, line, count=1)
+        for line in text.splitlines(keepends=True)
+    )
 
 
 def _verdict_lines(content: str) -> dict[str, str]:

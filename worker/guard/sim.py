@@ -150,10 +150,25 @@ def _completion(chat: _Chat, text: str, finish_reason: str, completion_tokens: i
     return web.json_response(body)
 
 
+async def _flood(request: web.Request, megabytes: int) -> web.StreamResponse:
+    """A 200 whose body never ends where a verdict would: ``megabytes`` MiB streamed without a length."""
+    response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    chunk = b" " * (1024 * 1024)
+    with suppress(ConnectionResetError):  # the client may stop reading, as it should
+        for _ in range(megabytes):
+            await response.write(chunk)
+        await response.write_eof()
+    return response
+
+
 def _reply(state: SimState, chat: _Chat, fault: FaultKind | None) -> web.Response:
-    """The 200 reply: a verdict, or the garbage / truncated reply a fault asks for."""
+    """The 200 reply: a verdict, or the garbage / truncated / echoed reply a fault asks for."""
     if fault == "garbage":
         return _completion(chat, GARBAGE_TEXT, "stop", estimate_completion_tokens(GARBAGE_TEXT))
+    if fault == "echo":
+        echoed = chat.messages[-1]["content"]
+        return _completion(chat, echoed, "stop", estimate_completion_tokens(echoed))
     text = classify(chat.messages)
     if fault == "length":
         # Cut mid-reply, as a too-small max_tokens would; the client must not trust what is left.
@@ -187,6 +202,9 @@ def _rejection(state: SimState, chat: _Chat, fault: FaultKind | None) -> _ApiErr
         return _ApiError(429, "RateLimitError", "Too Many Requests", "429", {"Retry-After": retry_after})
     if fault == "400":
         return _ApiError(400, "BadRequestError", _INVALID_REQUEST, "400")
+    if fault == "redirect":
+        headers = {"Location": state.config.redirect_url}
+        return _ApiError(307, "TemporaryRedirect", "moved", "redirect", headers)
     prompt_tokens = estimate_prompt_tokens(chat.messages)
     if fault == "overflow" or prompt_tokens + chat.max_tokens > state.config.max_model_len:
         return _overflow_error(state.config, prompt_tokens, chat.max_tokens)
@@ -211,6 +229,8 @@ async def _process(state: SimState, request: web.Request) -> web.StreamResponse:
         state.stats.faults[fault] += 1
     if fault == "hang":
         await asyncio.sleep(state.config.hang_s)
+    if fault == "flood":
+        return await _flood(request, state.config.flood_mb)
     # Sampled on arrival, before queueing, so a sequential run draws the same latencies every time.
     latency_s = sample_latency_s(state.config, state.rng)
     await state.gate.acquire()

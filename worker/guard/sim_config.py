@@ -55,6 +55,8 @@ class SimConfig:
     garbage_rate: float = 0.0
     length_rate: float = 0.0
     unhealthy: bool = False
+    redirect_url: str = "http://127.0.0.1:9/elsewhere"
+    flood_mb: int = 50
 
     def validate(self) -> None:
         """Raise ``SimConfigError`` naming the first knob whose value is out of range."""
@@ -63,6 +65,7 @@ class SimConfig:
         for name in ("latency_ms", "latency_mean_ms", "latency_sigma", "retry_after_s", "hang_s"):
             _check(name, 0.0 <= getattr(self, name) < float("inf"), "must be a finite number >= 0")
         _check("capacity", self.capacity >= 1, "must be >= 1")
+        _check("flood_mb", 1 <= self.flood_mb <= 4096, "must be 1..4096")
         _check("max_model_len", self.max_model_len >= 1, "must be >= 1")
         _check("port", 0 <= self.port <= 65535, "must be a port number 0..65535")
         _check("model", bool(self.model.strip()), "must not be empty")
@@ -173,6 +176,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="share of 200s cut off (finish_reason length)",
     )
     add("--unhealthy", action="store_true", default=d.unhealthy, help="GET /health answers 503")
+    add("--redirect-url", default=d.redirect_url, help="Location of the [[sim:redirect]] fault's 307")
+    add("--flood-mb", type=_POSITIVE_INT, default=d.flood_mb, help="MiB the [[sim:flood]] fault streams")
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:

@@ -16,8 +16,24 @@ from typing import Any, Literal, TypeVar, cast
 
 from worker.guard.sim_config import SimConfig
 
-FaultKind = Literal["503", "429", "reset", "hang", "garbage", "length", "400", "overflow"]
-FAULT_KINDS: tuple[FaultKind, ...] = ("503", "429", "reset", "hang", "garbage", "length", "400", "overflow")
+FaultKind = Literal[
+    "503", "429", "reset", "hang", "garbage", "length", "400", "overflow", "redirect", "flood", "echo"
+]
+# redirect: a 307 to ``redirect_url``; flood: a 200 whose body streams ``flood_mb`` MiB; echo: a 200 whose
+# reply repeats the moderated text (a model fooled into copying an injected verdict).
+FAULT_KINDS: tuple[FaultKind, ...] = (
+    "503",
+    "429",
+    "reset",
+    "hang",
+    "garbage",
+    "length",
+    "400",
+    "overflow",
+    "redirect",
+    "flood",
+    "echo",
+)
 
 # Random faults in priority order (the first one drawn wins) with the knob holding each one's rate.
 _RANDOM_FAULTS: tuple[tuple[FaultKind, str], ...] = (
