@@ -37,8 +37,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.chaos_services import GuardSimProcess, OwnRedis, Processes, WorkerProcess
 from worker import kafka, stack
+from worker.keys import RedisKeys
 from worker.settings import Settings
-from worker.store import verdict_key
 from worker.tail import records
 
 RESULTS = Path(__file__).parent / "results"
@@ -217,7 +217,7 @@ async def stored_ids(redis_url: str, prefix: str, ids: list[str]) -> set[str]:
         found: set[str] = set()
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
-            values = await client.mget([verdict_key(prefix, i) for i in chunk])
+            values = await client.mget([RedisKeys(prefix).verdict(i) for i in chunk])
             found.update(i for i, value in zip(chunk, values, strict=True) if value is not None)
         return found
     finally:

@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from worker.app import Worker
 from worker.guard.base import GuardBackend
+from worker.keys import RedisKeys
 from worker.publish import Published, Publisher
 from worker.settings import Settings
 from worker.tail import records
@@ -170,7 +171,7 @@ async def stored_verdicts(settings: Settings, ids: Iterable[str]) -> dict[str, d
     """The verdicts in Redis for ``ids`` (missing ones are absent)."""
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
-        keys = [f"{settings.redis_prefix}verdict:{message_id}" for message_id in ids]
+        keys = [RedisKeys(settings.redis_prefix).verdict(message_id) for message_id in ids]
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(keys), 500):
             values = await client.mget(keys[start : start + 500])

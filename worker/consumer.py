@@ -21,15 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import (
-    ClusterAuthorizationFailedError,
-    CommitFailedError,
-    ConsumerStoppedError,
-    GroupAuthorizationFailedError,
-    IllegalStateError,
-    KafkaError,
-    TopicAuthorizationFailedError,
-)
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from worker.codecs import DEFAULT_INFLATE_CAP_BYTES
@@ -37,7 +29,7 @@ from worker.errors import is_infrastructure, one_line
 from worker.metrics import PartitionLag
 from worker.offsets import PartitionOffsets
 from worker.records import record_size, tracked_offset
-from worker.salvage import first_offset, read_partition
+from worker.salvage import FATAL_FETCH_ERRORS, first_offset, read_partition
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +40,6 @@ CANCEL_GRACE_S = 5.0  # how long cancelled records may take to unwind at shutdow
 COMMIT_DEADLINE_S = 10.0  # a commit at revoke or stop gives up after this
 FETCH_BACKOFF_MIN_S = 0.2
 FETCH_BACKOFF_MAX_S = 5.0
-# Errors of a fetch that are configuration, not data: the worker stops on them.
-_FATAL_FETCH_ERRORS = (
-    TopicAuthorizationFailedError,
-    GroupAuthorizationFailedError,
-    ClusterAuthorizationFailedError,
-    ConsumerStoppedError,
-)
 
 
 @dataclass
@@ -168,7 +153,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
             room = max(1, self._max_buffered - self._buffered)
             try:
                 batches = await self._consumer.getmany(timeout_ms=100, max_records=room)
-            except _FATAL_FETCH_ERRORS:
+            except FATAL_FETCH_ERRORS:
                 raise
             except Exception as exc:  # a record or a broker error: never a reason to stop
                 await self._recover(exc)

@@ -72,7 +72,7 @@ class _Form:
 def _forms(record: ConsumerRecord, envelope: Headers) -> Iterator[_Form]:
     """The dead letter of ``record`` whole, then smaller and smaller (see the module docstring)."""
     if record.key is None and record.value is None:
-        yield _Form("whole", None, b"", envelope + [(H_VALUE_ABSENT, b"1")])
+        yield _Form("whole", None, b"", [*envelope, (H_VALUE_ABSENT, b"1")])
         return
     own = carried_headers(record.headers or ())
     value: bytes | None = record.value

@@ -15,12 +15,26 @@ real broker to catch a change.
 from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import LeaderNotAvailableError, for_code
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    ConsumerStoppedError,
+    GroupAuthorizationFailedError,
+    LeaderNotAvailableError,
+    TopicAuthorizationFailedError,
+    for_code,
+)
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.structs import ConsumerRecord
 
 from worker.batches import read_batches
 
+# Errors of a fetch that are configuration (or the end of the consumer), not data: the worker stops on them.
+FATAL_FETCH_ERRORS = (
+    TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    ConsumerStoppedError,
+)
 READ_UNCOMMITTED = 0
 # How long the broker may wait for data. Not 0: some brokers (tansu) answer a zero wait with nothing.
 RAW_FETCH_WAIT_MS = 100
