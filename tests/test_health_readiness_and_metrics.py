@@ -58,6 +58,12 @@ async def test_health_ready_metrics_and_status_while_moderating(
             return (await _get(worker, "/readyz"))[0] == 200
 
         await wait_until(ready, timeout_s=15, what="/readyz 200")
+
+        async def all_published() -> bool:
+            # A verdict is stored in Redis before it is published and counted: wait for the count.
+            return _sample((await _get(worker, "/metrics"))[1], 'guardq_verdicts_total{label="safe"}') >= 30
+
+        await wait_until(all_published, timeout_s=15, what="30 safe verdicts counted as published")
         status, metrics = await _get(worker, "/metrics")
         assert status == 200
         assert _sample(metrics, 'guardq_verdicts_total{label="safe"}') == 30
