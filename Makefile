@@ -17,8 +17,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/guardq demo
 
+# Each xdist process starts its own broker and simulator; tests have their own topics, group and prefix.
+TEST_WORKERS ?= 8
+
 test: $(STAMP) lint typecheck
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check worker tests bench

@@ -19,7 +19,8 @@ async def test_worker_sigkilled_mid_stream_loses_nothing_and_repeats_only_in_fli
     make_settings: SettingsFactory, guard_sim: GuardSim, tmp_path: Path
 ) -> None:
     await guard_sim.configure(latency_ms=40)
-    settings = make_settings(concurrency=8)
+    # A fetch buffer far below the backlog, so the bound on what was in flight at the kill can fail.
+    settings = make_settings(concurrency=8, max_buffered=30)
     ids = [f"k{i}" for i in range(400)]
     await publish(settings, ({"id": i, "text": f"kill test {i}"} for i in ids))
     log = str(tmp_path / "worker.log")
@@ -42,6 +43,7 @@ async def test_worker_sigkilled_mid_stream_loses_nothing_and_repeats_only_in_fli
     finally:
         await client.aclose()
     in_flight = {key.rsplit(":", 1)[1] for key in lease_keys}
+    assert len(ids) - done_at_kill > settings.max_buffered, "the backlog at the kill fits in the buffer"
     assert len(in_flight) <= settings.max_buffered
 
     second = spawn_worker(settings, log)
