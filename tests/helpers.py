@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from worker.app import Worker
 from worker.guard.base import GuardBackend
 from worker.keys import RedisKeys
 from worker.publish import Published, Publisher
+from worker.schemas import schema
 from worker.settings import Settings
 from worker.tail import records
 
@@ -189,12 +190,15 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return settings.child_env(os.environ)
 
 
-def spawn_worker(settings: Settings, log_path: str) -> subprocess.Popen[bytes]:
-    """`guardq run` as a subprocess (so it can be SIGKILLed), logging to ``log_path``."""
+def spawn_worker(
+    settings: Settings, log_path: str, extra_env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`guardq run` as a subprocess (so it can be SIGKILLed), logging to ``log_path``; ``extra_env`` adds
+    variables that are not settings (OTEL_* for instance)."""
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "worker", "run"],
-            env=settings_env(settings),
+            env=settings_env(settings) | dict(extra_env or {}),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -217,15 +221,10 @@ async def wait_for_verdicts(
 
 
 def schema_errors(name: str, document: Any) -> list[str]:
-    """Validation errors of ``document`` against ``schemas/<name>.schema.json``."""
-    from pathlib import Path
-
+    """Validation errors of ``document`` against the shipped schema ``name`` (``worker.schemas``)."""
     from jsonschema import Draft202012Validator
 
-    path = Path(__file__).resolve().parent.parent / "schemas" / f"{name}.schema.json"
-    validator = Draft202012Validator(
-        json.loads(path.read_text()), format_checker=Draft202012Validator.FORMAT_CHECKER
-    )
+    validator = Draft202012Validator(schema(name), format_checker=Draft202012Validator.FORMAT_CHECKER)
     return [error.message for error in validator.iter_errors(document)]
 
 

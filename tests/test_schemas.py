@@ -17,16 +17,16 @@ from worker.demo import DEMO_MAX_TEXT_CHARS
 from worker.dlq import REASONS, DeadLetterEnvelope, carried_headers, format_history_entry
 from worker.errors import GuardRejected, GuardUnavailable, InvalidInput
 from worker.messages import Verdict, format_rfc3339, parse_request, utc_now_rfc3339
+from worker.schemas import NAMES, schema, schema_text
 from worker.tail import render
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMAS = ROOT / "schemas"
 SAMPLES = ROOT / "worker" / "data" / "samples.jsonl"
 MAX_TEXT_CHARS = 100_000
 
 
 def _load(name: str) -> dict[str, Any]:
-    return json.loads((SCHEMAS / f"{name}.schema.json").read_text(encoding="utf-8"))
+    return schema(name)
 
 
 def _validator(name: str) -> Draft202012Validator:
@@ -330,3 +330,13 @@ def test_empty_prompt_for_a_response_is_missing_field_as_reasons_documents() -> 
     with pytest.raises(InvalidInput) as caught:
         parse_request(json.dumps(document).encode("utf-8"), MAX_TEXT_CHARS)
     assert caught.value.reason == "missing_field"
+
+
+def test_the_package_ships_the_project_schemas_and_names_them() -> None:
+    shipped = sorted(path.name.removesuffix(".schema.json") for path in (ROOT / "schemas").glob("*.json"))
+    assert sorted(NAMES) == shipped
+    for name in NAMES:
+        on_disk = (ROOT / "schemas" / f"{name}.schema.json").read_text(encoding="utf-8")
+        assert schema_text(name) == on_disk
+    with pytest.raises(KeyError, match="no schema 'request'"):
+        schema_text("request")

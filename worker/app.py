@@ -49,6 +49,8 @@ class Worker:
     settings: Settings
     tracer_provider: TracerProvider | None = None
     guard: GuardBackend | None = None
+    backend: GuardBackend = field(init=False)
+    provider: TracerProvider = field(init=False)
     limiter: ConcurrencyLimiter = field(init=False)
     breaker: CircuitBreaker = field(init=False, default_factory=CircuitBreaker)
     throttle: Throttle = field(init=False, default_factory=Throttle)
@@ -59,6 +61,10 @@ class Worker:
     ready: asyncio.Event = field(init=False, default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
+        # Built before anything connects: a backend or span exporter whose extra is missing (or an OTEL_*
+        # variable guardq cannot honour) stops the start at once.
+        self.backend = self.guard or build_backend(self.settings)
+        self.provider = self.tracer_provider or tracing.build_provider()
         self.limiter = ConcurrencyLimiter(self.settings.concurrency)
         self.health = Health(self.settings, self.metrics, self.breaker, self.limiter)
         self.metrics.watch(self.health.live_state)
@@ -68,6 +74,7 @@ class Worker:
         settings = self.settings
         # Every batch fetched from now on inflates at most this far (aiokafka's reader and guardq's own).
         install_inflation_cap(settings.max_inflate_mb * 1024 * 1024)
+        guard = self.backend
         async with AsyncExitStack() as stack:
             server = OpsServer(self.health, host=settings.http_host, port=settings.http_port)
             await server.start()
@@ -87,7 +94,6 @@ class Worker:
                 settings.redis_url, max_connections=1, security=RedisSecurity.from_settings(settings)
             )
             stack.push_async_callback(probe_redis.aclose, close_connection_pool=True)
-            guard = self.guard or build_backend(settings)
             await guard.start()
             stack.push_async_callback(guard.stop)
             await self._check_guard(guard)
@@ -109,7 +115,7 @@ class Worker:
             stack.push_async_callback(producer.stop)
             leases = LeaseKeeper(store)
             schedule = RetrySchedule.from_settings(settings)
-            tracer = tracing.get_tracer(self.tracer_provider or tracing.build_provider())
+            tracer = tracing.get_tracer(self.provider)
             pipeline = self._pipeline(guard, store, leases, producer, tracer, schedule)
             consumer = kafka.make_consumer(settings, group_id=settings.group_id)
             loop = FetchLoop(

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from worker import __version__
 from worker.cli_dlq import add_dlq_commands
 from worker.cliargs import (
     CONNECTION_FIELDS,
@@ -26,6 +27,7 @@ from worker.cliargs import (
     non_negative_int,
     settings_from,
 )
+from worker.extras import MissingExtra
 from worker.settings import Settings, SettingsError, add_flags
 
 if TYPE_CHECKING:
@@ -70,8 +72,9 @@ async def _run_worker(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    worker = Worker(settings)
     await kafka.wait_for_broker(settings, timeout_s=60)
-    await Worker(settings).run(stop)
+    await worker.run(stop)
     return 0
 
 
@@ -208,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     from worker.guard.sim import configure_parser as configure_sim
 
     parser = OneLineParser(prog="guardq", description="Kafka moderation worker for LLM traffic.")
+    parser.add_argument("--version", action="version", version=f"guardq {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = command(sub, "run", cmd_run, "run the worker (every setting is an env var and a flag)")
@@ -266,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         return int(args.handler(args))
-    except (SettingsError, UsageError) as exc:
+    except (SettingsError, UsageError, MissingExtra) as exc:
         print(f"guardq: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -22,6 +22,7 @@ from typing import Any
 
 from worker import logs, stack
 from worker.app import Worker
+from worker.guard.local import check_local_installed
 from worker.publish import BadLine, Publisher, read_jsonl
 from worker.settings import Settings
 from worker.store import delete_prefix
@@ -70,6 +71,9 @@ def sample_lines() -> list[bytes]:
 
 def run_demo(*, guard_url: str | None, guard_model: str, redis_url: str) -> int:
     """Run the demo; returns the exit code."""
+    stack.check_stack_installed()
+    if guard_url is None:
+        check_local_installed()
     print("guardq demo: embedded broker + Redis, worker, bundled sample set", file=sys.stderr)
     with stack.embedded_services(redis_url) as (bootstrap, url):
         env = {

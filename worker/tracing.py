@@ -6,7 +6,6 @@ standard ``OTEL_TRACES_EXPORTER`` variable asks for it.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Mapping, Sequence
 
@@ -19,6 +18,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import Span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from worker.extras import require
 
 TRACEPARENT = "traceparent"
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -45,16 +46,11 @@ class TracingConfigError(ValueError):
     """The OTEL_* variables ask for an exporter guardq cannot build; the message is one line."""
 
 
-# OTLP flavour by OTEL_EXPORTER_OTLP_PROTOCOL: (module of its span exporter, the package that provides it).
+# OTLP flavour by OTEL_EXPORTER_OTLP_PROTOCOL: (module of its span exporter, the extra that installs it).
+# http/protobuf, the specification's default, is in the core install; the extra only names it again.
 _OTLP: dict[str, tuple[str, str]] = {
-    "http/protobuf": (
-        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-        "opentelemetry-exporter-otlp-proto-http",
-    ),
-    "grpc": (
-        "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
-        "opentelemetry-exporter-otlp-proto-grpc",
-    ),
+    "http/protobuf": ("opentelemetry.exporter.otlp.proto.http.trace_exporter", "otlp"),
+    "grpc": ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter", "otlp-grpc"),
 }
 
 
@@ -82,14 +78,8 @@ def exporter_names(env: Mapping[str, str]) -> list[str]:
 
 def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
     protocol = otlp_protocol(env)
-    module_name, package = _OTLP[protocol]
-    try:
-        # Imported by name so the exporters stay optional extras (guardq[otlp]).
-        module = importlib.import_module(module_name)
-    except ImportError:
-        raise TracingConfigError(
-            f"OTEL_TRACES_EXPORTER=otlp ({protocol}) needs the package {package} (pip install 'guardq[otlp]')"
-        ) from None
+    module_name, extra = _OTLP[protocol]
+    module = require(module_name, feature=f"OTEL_TRACES_EXPORTER=otlp ({protocol})", extra=extra)
     # Endpoint, headers, timeout and TLS come from the standard OTEL_EXPORTER_OTLP_* variables.
     exporter: SpanExporter = module.OTLPSpanExporter()
     return exporter
@@ -105,7 +95,8 @@ def _exporters_from_env(env: Mapping[str, str]) -> list[SpanExporter]:
 def build_provider(env: Mapping[str, str] | None = None) -> TracerProvider:
     """A tracer provider for guardq, exporting as the standard OTEL_* variables say (off by default).
 
-    Raises ``TracingConfigError`` when they name an exporter that is unknown or not installed."""
+    Raises ``TracingConfigError`` when they name an exporter that is unknown, ``MissingExtra`` when its
+    package is not installed."""
     env = os.environ if env is None else env
     resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "guardq")})
     exporters = _exporters_from_env(env)

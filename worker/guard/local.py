@@ -14,15 +14,21 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from worker.errors import GuardBadReply, GuardUnavailable
+from worker.extras import check_installed
 from worker.guard.base import AsyncLifecycle, GuardRequest, GuardVerdict
 
-__all__ = ["CATEGORY", "LocalBackend"]
+__all__ = ["CATEGORY", "LocalBackend", "check_local_installed"]
 
 CATEGORY: Final = "Offensive Language"
 _PACKAGE: Final = "alt-profanity-check"
 
 Predict = Callable[[list[str]], Sequence[float]]
 _Item = tuple[str, "asyncio.Future[float]"]
+
+
+def check_local_installed() -> None:
+    """Raise ``MissingExtra`` when the classifier (the ``local`` extra) is not installed."""
+    check_installed("profanity_check", feature="the local guard backend", extra="local")
 
 
 def _load_predict() -> Predict:
@@ -53,6 +59,7 @@ class LocalBackend(AsyncLifecycle):
             raise ValueError("threshold must be in (0, 1]")
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
+        check_local_installed()
         self._threshold = threshold
         self._max_batch = max_batch
         self._max_wait_s = max_wait_ms / 1000
