@@ -36,10 +36,11 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.chaos_services import GuardSimProcess, OwnRedis, Processes, WorkerProcess
-from worker import kafka, stack
-from worker.keys import RedisKeys
-from worker.settings import Settings
-from worker.tail import records
+from worker.config.settings import Settings
+from worker.dev import stack
+from worker.kafka import clients as kafka
+from worker.kafka.reading import records
+from worker.store.keys import RedisKeys
 
 RESULTS = Path(__file__).parent / "results"
 PARTITIONS = 8

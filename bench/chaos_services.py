@@ -15,8 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from worker import stack
-from worker.settings import Settings
+from worker.config.settings import Settings
+from worker.dev import stack
 
 
 class Processes:

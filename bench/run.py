@@ -29,10 +29,11 @@ from typing import Any
 
 import aiohttp
 
-from worker import kafka, stack
-from worker.settings import Settings
-from worker.store import delete_prefix
-from worker.tail import records
+from worker.config.settings import Settings
+from worker.dev import stack
+from worker.kafka import clients as kafka
+from worker.kafka.reading import records
+from worker.store.verdicts import delete_prefix
 
 CONCURRENCY = 64
 PARTITIONS = 8

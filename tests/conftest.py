@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from tests.helpers import GuardSim, start_guard_sim, stop_process
-from worker import stack
-from worker.settings import Settings
-from worker.store import delete_prefix
+from worker.config.settings import Settings
+from worker.dev import stack
+from worker.store.verdicts import delete_prefix
 
 SettingsFactory = Callable[..., Settings]
 

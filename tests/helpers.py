@@ -23,12 +23,12 @@ from aiokafka.structs import ConsumerRecord
 from opentelemetry.sdk.trace import TracerProvider
 
 from worker.app import Worker
+from worker.config.settings import Settings
 from worker.guard.base import GuardBackend
-from worker.keys import RedisKeys
-from worker.publish import Published, Publisher
+from worker.kafka.publish import Published, Publisher
+from worker.kafka.reading import records
 from worker.schemas import schema
-from worker.settings import Settings
-from worker.tail import records
+from worker.store.keys import RedisKeys
 
 
 @dataclass

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from worker import stack
+from worker.dev import stack
 
 # The HTTP and gRPC ports of every SeaweedFS component `weed server -s3` starts: each gets a free port,
 # because the defaults (and the "+10000" gRPC convention) collide with other servers on a shared machine.

@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tests.helpers import running_worker
 from worker.app import Worker
-from worker.settings import Settings
+from worker.config.settings import Settings
 
 
 def recording_provider() -> tuple[TracerProvider, InMemorySpanExporter]:

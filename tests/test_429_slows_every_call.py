@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, publish, running_worker, wait_for_verdicts, wait_until
-from worker.throttle import Throttle
+from worker.processing.throttle import Throttle
 
 pytestmark = pytest.mark.integration
 

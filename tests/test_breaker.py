@@ -6,7 +6,7 @@ import asyncio
 import random
 
 from tests.helpers import wait_until
-from worker.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from worker.processing.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 
 FAST = BreakerPolicy(cooldown_initial_s=0.01, cooldown_max_s=0.05, trial_calls=2, half_open_timeout_s=1.0)
 

@@ -27,9 +27,9 @@ from tests.helpers import (
     wait_for_verdicts,
     wait_until,
 )
-from worker import stack
-from worker.publish import Published, Publisher
-from worker.settings import Settings
+from worker.config.settings import Settings
+from worker.dev import stack
+from worker.kafka.publish import Published, Publisher
 
 pytestmark = pytest.mark.integration
 

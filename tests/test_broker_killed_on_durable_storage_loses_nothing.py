@@ -22,10 +22,11 @@ from aiokafka.errors import KafkaError
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, collect, spawn_worker, stored_verdicts, wait_for_verdicts, wait_until
 from tests.s3server import LocalS3
-from worker import kafka, stack
-from worker.publish import Publisher
-from worker.settings import Settings
-from worker.tail import records
+from worker.config.settings import Settings
+from worker.dev import stack
+from worker.kafka import clients as kafka
+from worker.kafka.publish import Publisher
+from worker.kafka.reading import records
 
 pytestmark = pytest.mark.integration
 

@@ -6,8 +6,8 @@ import json
 
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, collect, publish, running_worker, wait_for_verdicts
-from worker.dlq import DeadLetterEnvelope
-from worker.guard.base import GuardRequest, GuardVerdict
+from worker.core.guard_types import GuardRequest, GuardVerdict
+from worker.failures.envelope import DeadLetterEnvelope
 
 
 class BuggyBackend:

@@ -8,7 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.chunking import (
+from worker.core.guard_types import GuardRequest, GuardVerdict, Label
+from worker.dev.sim.verdicts import estimate_prompt_tokens
+from worker.guard.qwen3guard import MAX_TOKENS
+from worker.processing.chunking import (
     MIN_CHUNK_CHARS,
     OVERHEAD_TOKENS,
     aggregate,
@@ -19,9 +22,6 @@ from worker.chunking import (
     smaller,
     split_text,
 )
-from worker.guard.base import GuardRequest, GuardVerdict, Label
-from worker.guard.qwen3guard import MAX_TOKENS
-from worker.guard.sim_verdicts import estimate_prompt_tokens
 
 # Words, white space of several kinds, CJK and characters outside the BMP (one code point, two UTF-16 units).
 _TEXT = st.text(

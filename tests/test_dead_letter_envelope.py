@@ -10,14 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.dlq import (
-    HISTORY_LIMIT,
-    REASONS,
-    DeadLetterEnvelope,
-    carried_headers,
-    format_history_entry,
-)
-from worker.errors import (
+from worker.core.errors import (
     MESSAGE_LIMIT,
     GuardBadReply,
     GuardContextOverflow,
@@ -27,6 +20,13 @@ from worker.errors import (
     GuardTimeout,
     GuardUnavailable,
     InvalidInput,
+)
+from worker.failures.envelope import (
+    HISTORY_LIMIT,
+    REASONS,
+    DeadLetterEnvelope,
+    carried_headers,
+    format_history_entry,
 )
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
@@ -330,7 +330,7 @@ def test_any_envelope_survives_a_round_trip_through_headers(
     "digits", ["²", "3²", "①"], ids=["superscript-two", "digit-then-superscript", "circled-one"]
 )
 def test_unicode_digit_in_carried_header_falls_back_instead_of_crashing(digits: str) -> None:
-    # BUG worker/dlq.py _int_or: str.isdigit() is True for "²" and "①" but int() rejects them, so a producer
+    # BUG worker/failures/envelope.py _int_or: str.isdigit() is True for "²" and "①" but int() rejects them, so a producer
     # header like guardq.original.partition: "²" makes for_failure raise ValueError on the dead-letter path.
     incoming = [
         ("guardq.original.partition", digits.encode()),

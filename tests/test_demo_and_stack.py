@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from worker import stack
+from worker.dev import stack
 
 pytestmark = pytest.mark.integration
 

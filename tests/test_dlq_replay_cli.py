@@ -10,10 +10,10 @@ import pytest
 
 from tests.conftest import SettingsFactory
 from tests.helpers import run_guardq
-from worker import kafka
-from worker.deadletters import read_all
-from worker.dlq import H_REPLAYED_FROM, DeadLetterEnvelope
-from worker.settings import Settings
+from worker.config.settings import Settings
+from worker.failures.envelope import H_REPLAYED_FROM, DeadLetterEnvelope
+from worker.failures.listing import read_all
+from worker.kafka import clients as kafka
 
 pytestmark = pytest.mark.integration
 

@@ -21,10 +21,17 @@ from tests.helpers import (
     wait_for_verdicts,
     wait_until,
 )
-from worker.deadletters import DeadLetter, Filter, read_all
-from worker.dlq import H_ATTEMPTS, H_ERROR_REASON, H_FORCE, H_REPLAY_COUNT, H_REPLAYED_FROM, H_TRACEPARENT
-from worker.replay import ReplayOptions, Summary, pending, replay
-from worker.settings import Settings
+from worker.config.settings import Settings
+from worker.failures.envelope import (
+    H_ATTEMPTS,
+    H_ERROR_REASON,
+    H_FORCE,
+    H_REPLAY_COUNT,
+    H_REPLAYED_FROM,
+    H_TRACEPARENT,
+)
+from worker.failures.listing import DeadLetter, Filter, read_all
+from worker.failures.replay import ReplayOptions, Summary, pending, replay
 
 pytestmark = pytest.mark.integration
 

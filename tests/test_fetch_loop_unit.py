@@ -12,7 +12,7 @@ from aiokafka.structs import ConsumerRecord
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.helpers import wait_until
-from worker.consumer import CANCEL_GRACE_S, FetchLoop
+from worker.kafka.fetchloop import CANCEL_GRACE_S, FetchLoop
 
 TP = TopicPartition("in", 0)
 

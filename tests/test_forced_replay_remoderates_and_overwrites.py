@@ -18,10 +18,10 @@ from tests.helpers import (
     wait_for_verdicts,
     wait_until,
 )
-from worker import kafka
-from worker.deadletters import Filter
-from worker.dlq import H_FORCE, H_REPLAY_TOKEN, H_REPLAYED_FROM, DeadLetterEnvelope
-from worker.replay import ReplayOptions, replay
+from worker.failures.envelope import H_FORCE, H_REPLAY_TOKEN, H_REPLAYED_FROM, DeadLetterEnvelope
+from worker.failures.listing import Filter
+from worker.failures.replay import ReplayOptions, replay
+from worker.kafka import clients as kafka
 
 pytestmark = pytest.mark.integration
 

@@ -19,11 +19,11 @@ import pytest
 
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, collect, distinct_verdict_ids, running_worker, wait_for_verdicts
-from worker import kafka
-from worker.dlq import H_ERROR_REASON, REASONS
-from worker.errors import InvalidInput
-from worker.messages import parse_request
-from worker.settings import Settings
+from worker.config.settings import Settings
+from worker.core.errors import InvalidInput
+from worker.core.messages import parse_request
+from worker.failures.envelope import H_ERROR_REASON, REASONS
+from worker.kafka import clients as kafka
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, collect, running_worker, wait_for_verdicts
 from tests.rawbatches import RawRecord, encode_batch, gzip_stream, send_batch
-from worker.dlq import DeadLetterEnvelope
+from worker.failures.envelope import DeadLetterEnvelope
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from aiokafka import TopicPartition
 
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, publish, spawn_worker, stored_verdicts, wait_until
-from worker import kafka
-from worker.settings import Settings
+from worker.config.settings import Settings
+from worker.kafka import clients as kafka
 
 pytestmark = pytest.mark.integration
 

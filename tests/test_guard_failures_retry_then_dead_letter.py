@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, collect, publish, running_worker, wait_for_verdicts
-from worker.dlq import DeadLetterEnvelope
+from worker.failures.envelope import DeadLetterEnvelope
 
 pytestmark = pytest.mark.integration
 

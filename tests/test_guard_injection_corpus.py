@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from worker.errors import GuardBadReply
-from worker.guard.base import GuardRequest
+from worker.core.errors import GuardBadReply
+from worker.core.guard_types import GuardRequest
 from worker.guard.qwen3guard import build_messages
 from worker.guard.qwen3guard_parse import escape_frame, parse_guard_output
 

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, collect, publish, running_worker, settings_env, wait_for_verdicts
 from worker.app import Worker
-from worker.errors import GuardConfigError
+from worker.core.errors import GuardConfigError
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from tests.helpers import (
     wait_for_verdicts,
     wait_until,
 )
-from worker.breaker import BreakerState
+from worker.processing.breaker import BreakerState
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from worker.guard.sim import SimConfig, build_app, classify
-from worker.guard.sim_faults import CapacityGate, bounded_put, sample_latency_s
+from worker.dev.sim.faults import CapacityGate, bounded_put, sample_latency_s
+from worker.dev.sim.server import SimConfig, build_app, classify
 
 MODEL = SimConfig().model
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -420,7 +420,7 @@ async def test_health_is_200_empty_until_unhealthy(make_client: MakeClient) -> N
 
 _CLI = """
 import argparse, sys
-from worker.guard.sim import configure_parser, run_from_args
+from worker.dev.sim.server import configure_parser, run_from_args
 parser = argparse.ArgumentParser()
 configure_parser(parser)
 sys.exit(run_from_args(parser.parse_args(sys.argv[1:])))

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-from worker.breaker import BreakerState, CircuitBreaker
-from worker.limiter import ConcurrencyLimiter
-from worker.metrics import Metrics
-from worker.ops import Health
-from worker.settings import Settings
+from worker.config.settings import Settings
+from worker.ops.health import Health
+from worker.processing.breaker import BreakerState, CircuitBreaker
+from worker.processing.limiter import ConcurrencyLimiter
+from worker.telemetry.metrics import Metrics
 
 
 def _health(**changes: object) -> Health:

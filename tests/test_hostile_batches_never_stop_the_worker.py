@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, collect, running_worker, wait_for_verdicts
 from tests.rawbatches import RawRecord, encode_batch, gzip_stream, send_batch
-from worker.dlq import H_ERROR_REASON, DeadLetterEnvelope
+from worker.failures.envelope import H_ERROR_REASON, DeadLetterEnvelope
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, collect, publish, running_worker, stored_verdicts, wait_for_verdicts
-from worker.dlq import DeadLetterEnvelope
+from worker.failures.envelope import DeadLetterEnvelope
 from worker.guard.qwen3guard_parse import escape_frame
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from worker.errors import GuardUnavailable, InvalidInput, is_infrastructure
+from worker.core.errors import GuardUnavailable, InvalidInput, is_infrastructure
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from worker.limiter import ConcurrencyLimiter
+from worker.processing.limiter import ConcurrencyLimiter
 
 
 async def _until(condition: Callable[[], bool], timeout_s: float = 2.0) -> None:

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from worker.errors import GuardBadReply, GuardUnavailable
-from worker.guard.base import GuardRequest
+from worker.core.errors import GuardBadReply, GuardUnavailable
+from worker.core.guard_types import GuardRequest
 from worker.guard.local import CATEGORY, LocalBackend
 
 

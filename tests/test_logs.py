@@ -7,11 +7,11 @@ import logging
 
 from opentelemetry.sdk.trace import TracerProvider
 
-from worker.logs import JsonFormatter
+from worker.telemetry.logs import JsonFormatter
 
 
 def _record(message: str) -> logging.LogRecord:
-    return logging.LogRecord("worker.pipeline", logging.WARNING, __file__, 1, message, None, None)
+    return logging.LogRecord("worker.processing.pipeline", logging.WARNING, __file__, 1, message, None, None)
 
 
 def test_log_line_inside_a_message_span_carries_its_trace_id() -> None:

@@ -10,9 +10,9 @@ import pytest
 
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, collect, publish, running_worker, wait_for_verdicts
-from worker import chunking
-from worker.dlq import DeadLetterEnvelope
-from worker.guard.base import GuardRequest
+from worker.core.guard_types import GuardRequest
+from worker.failures.envelope import DeadLetterEnvelope
+from worker.processing import chunking
 
 pytestmark = pytest.mark.integration
 

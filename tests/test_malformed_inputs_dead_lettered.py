@@ -8,8 +8,8 @@ import pytest
 
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, collect, publish_raw, running_worker, schema_errors, wait_for_verdicts
-from worker.dlq import DeadLetterEnvelope
-from worker.tail import render
+from worker.failures.envelope import DeadLetterEnvelope
+from worker.kafka.reading import render
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.dlq import REASONS
-from worker.errors import InvalidInput
-from worker.messages import MAX_ID_CHARS, ModerationRequest, Verdict, parse_request
+from worker.core.errors import InvalidInput
+from worker.core.messages import MAX_ID_CHARS, ModerationRequest, Verdict, parse_request
+from worker.failures.envelope import REASONS
 
 LIMIT = 1000
 
@@ -214,7 +214,7 @@ def test_huge_integer_is_rejected_without_crashing() -> None:
 
 
 def test_number_overflowing_to_infinity_is_not_echoed_as_invalid_json() -> None:
-    # BUG worker/messages.py: json.loads turns 1e400 into float('inf') without calling parse_constant, so the
+    # BUG worker/core/messages.py: json.loads turns 1e400 into float('inf') without calling parse_constant, so the
     # request is accepted and its verdict echoes `Infinity`, which is not JSON (the module promises that
     # what is stored and echoed is always valid JSON). Either reject it, or echo a valid number.
     value = b'{"id": "a", "text": "x", "metadata": {"score": 1e400}}'

@@ -20,7 +20,7 @@ def _guardq_without(
     program = (
         "import sys\n"
         f"for name in {modules!r}: sys.modules[name] = None\n"
-        "from worker.cli import main\n"
+        "from worker.cli.main import main\n"
         f"raise SystemExit(main({args!r}))\n"
     )
     return subprocess.run(

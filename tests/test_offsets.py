@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.offsets import PartitionOffsets
+from worker.core.offsets import PartitionOffsets
 
 
 def test_nothing_fetched_has_no_committable_offset() -> None:

@@ -10,9 +10,9 @@ from aiokafka import AIOKafkaProducer
 
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, collect, running_worker, wait_for_verdicts
-from worker.dlq import DeadLetterEnvelope
-from worker.outbox import H_HEADERS_DROPPED, H_VALUE_TRUNCATED_FROM, TRUNCATED_VALUE_BYTES
-from worker.settings import Settings
+from worker.config.settings import Settings
+from worker.failures.envelope import DeadLetterEnvelope
+from worker.failures.outbox import H_HEADERS_DROPPED, H_VALUE_TRUNCATED_FROM, TRUNCATED_VALUE_BYTES
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.trace import TracerProvider
 
-from worker.errors import (
+from worker.core.errors import (
     GuardBadReply,
     GuardConfigError,
     GuardContextOverflow,
@@ -22,7 +22,7 @@ from worker.errors import (
     GuardTimeout,
     GuardUnavailable,
 )
-from worker.guard.base import GuardRequest
+from worker.core.guard_types import GuardRequest
 from worker.guard.qwen3guard import Qwen3GuardBackend
 
 MODEL = "Qwen/Qwen3Guard-Gen-0.6B"

@@ -8,7 +8,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from worker.errors import (
+from worker.core.errors import (
     GuardBadReply,
     GuardConfigError,
     GuardContextOverflow,
@@ -16,7 +16,7 @@ from worker.errors import (
     GuardTimeout,
     GuardUnavailable,
 )
-from worker.guard.base import GuardRequest
+from worker.core.guard_types import GuardRequest
 from worker.guard.qwen3guard import build_messages
 from worker.guard.qwen3guard_parse import (
     error_for_status,

@@ -10,8 +10,8 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from tests.rawbatches import CODECS, RawRecord, encode_batch, gzip_stream
-from worker import codecs
-from worker.batches import Undecodable, read_batches
+from worker.kafka import codecs
+from worker.kafka.batches import Undecodable, read_batches
 
 CAP = 4 * 1024 * 1024
 

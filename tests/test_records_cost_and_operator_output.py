@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from aiokafka.structs import ConsumerRecord
 
-from worker.batches import Undecodable
-from worker.deadletters import DeadLetter, shown, table
-from worker.records import HEADER_OVERHEAD_BYTES, record_size, tracked_offset
+from worker.failures.listing import DeadLetter, shown, table
+from worker.kafka.batches import Undecodable
+from worker.kafka.records import HEADER_OVERHEAD_BYTES, record_size, tracked_offset
 
 
 def record(value: bytes, headers: list[tuple[str, bytes]]) -> ConsumerRecord[bytes, bytes]:

@@ -25,9 +25,9 @@ from tests.helpers import (
     wait_for_verdicts,
     wait_until,
 )
-from worker.guard.sim_faults import content_key
-from worker.publish import Publisher
-from worker.settings import Settings
+from worker.config.settings import Settings
+from worker.dev.sim.faults import content_key
+from worker.kafka.publish import Publisher
 
 pytestmark = pytest.mark.integration
 

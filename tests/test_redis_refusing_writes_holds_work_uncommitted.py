@@ -27,7 +27,7 @@ from tests.helpers import (
     wait_for_verdicts,
     wait_until,
 )
-from worker import stack
+from worker.dev import stack
 
 pytestmark = pytest.mark.integration
 

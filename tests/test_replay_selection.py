@@ -9,8 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from worker.deadletters import DeadLetter, Filter
-from worker.dlq import (
+from worker.failures.envelope import (
     H_ATTEMPTS,
     H_ERROR_CLASS,
     H_ERROR_MESSAGE,
@@ -24,9 +23,10 @@ from worker.dlq import (
     force_token,
     is_forced,
 )
-from worker.outbox import H_VALUE_TRUNCATED_FROM
-from worker.replay import ReplayOptions, Skip, Summary, plan, replay_headers
-from worker.replay_pacing import Pacer, Progress, parse_rate
+from worker.failures.listing import DeadLetter, Filter
+from worker.failures.outbox import H_VALUE_TRUNCATED_FROM
+from worker.failures.pacing import Pacer, Progress, parse_rate
+from worker.failures.replay import ReplayOptions, Skip, Summary, plan, replay_headers
 
 DLQ = "t.dlq"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

@@ -9,10 +9,10 @@ import redis.asyncio as aioredis
 
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, collect, publish, running_worker
-from worker.deadletters import Filter
-from worker.dlq import H_REPLAY_TOKEN, DeadLetterEnvelope
-from worker.keys import RedisKeys
-from worker.replay import ReplayOptions, replay
+from worker.failures.envelope import H_REPLAY_TOKEN, DeadLetterEnvelope
+from worker.failures.listing import Filter
+from worker.failures.replay import ReplayOptions, replay
+from worker.store.keys import RedisKeys
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from worker.errors import (
+from worker.core.errors import (
     GuardBadReply,
     GuardConfigError,
     GuardContextOverflow,
@@ -16,7 +16,7 @@ from worker.errors import (
     GuardTimeout,
     GuardUnavailable,
 )
-from worker.retry import GuardCallFailed, RetryPolicy
+from worker.processing.retry import GuardCallFailed, RetryPolicy
 
 # Tiny backoffs: max_backoff_s also caps the jitter, so every wait here is at most 10 ms.
 FAST = RetryPolicy(max_attempts=4, max_total_s=5.0, initial_backoff_s=0.001, max_backoff_s=0.01)
@@ -153,7 +153,7 @@ async def test_backoff_without_retry_after_stays_within_max_backoff() -> None:
 
 
 async def test_retry_after_beyond_the_total_budget_gives_up_instead_of_sleeping_past_it() -> None:
-    # BUG worker/retry.py: stop_after_delay is checked before the wait, so a Retry-After longer than what
+    # BUG worker/processing/retry.py: stop_after_delay is checked before the wait, so a Retry-After longer than what
     # is left of max_total_s is slept in full (a server saying "Retry-After: 3600" parks the message for an
     # hour). tenacity's stop_before_delay, or capping the wait at the remaining budget, would bound it.
     policy = RetryPolicy(max_attempts=3, max_total_s=0.1, initial_backoff_s=0.001, max_backoff_s=0.01)

@@ -20,7 +20,7 @@ from tests.helpers import (
     wait_for_verdicts,
     wait_until,
 )
-from worker.dlq import DeadLetterEnvelope
+from worker.failures.envelope import DeadLetterEnvelope
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ from tests.helpers import (
     wait_for_verdicts,
     wait_until,
 )
-from worker.dlq import DeadLetterEnvelope
-from worker.messages import content_digest
+from worker.core.messages import content_digest
+from worker.failures.envelope import DeadLetterEnvelope
 
 pytestmark = pytest.mark.integration
 

@@ -12,16 +12,16 @@ from aiokafka.structs import ConsumerRecord
 from jsonschema import Draft202012Validator
 from opentelemetry.sdk.trace import TracerProvider
 
-from worker import tracing
-from worker.demo import DEMO_MAX_TEXT_CHARS
-from worker.dlq import REASONS, DeadLetterEnvelope, carried_headers, format_history_entry
-from worker.errors import GuardRejected, GuardUnavailable, InvalidInput
-from worker.messages import Verdict, format_rfc3339, parse_request, utc_now_rfc3339
+from worker.core.errors import GuardRejected, GuardUnavailable, InvalidInput
+from worker.core.messages import Verdict, format_rfc3339, parse_request, utc_now_rfc3339
+from worker.dev.demo import DEMO_MAX_TEXT_CHARS
+from worker.failures.envelope import REASONS, DeadLetterEnvelope, carried_headers, format_history_entry
+from worker.kafka.reading import render
 from worker.schemas import NAMES, schema, schema_text
-from worker.tail import render
+from worker.telemetry import tracing
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT / "worker" / "data" / "samples.jsonl"
+SAMPLES = ROOT / "worker" / "dev" / "data" / "samples.jsonl"
 MAX_TEXT_CHARS = 100_000
 
 
@@ -314,7 +314,7 @@ def test_invalid_input_is_rejected_by_schema_and_parser(document: Any, reason: s
 
 
 def test_empty_kind_is_rejected_by_the_parser_as_by_the_schema() -> None:
-    # BUG worker/messages.py _parse_kind: `... or "prompt"` turns kind "" into a prompt.
+    # BUG worker/core/messages.py _parse_kind: `... or "prompt"` turns kind "" into a prompt.
     document = {"id": "a", "text": "hello", "kind": ""}
     assert _errors("input", document)
     with pytest.raises(InvalidInput) as caught:
@@ -323,7 +323,7 @@ def test_empty_kind_is_rejected_by_the_parser_as_by_the_schema() -> None:
 
 
 def test_empty_prompt_for_a_response_is_missing_field_as_reasons_documents() -> None:
-    # BUG worker/messages.py parse_request: REASONS["missing_field"] says a prompt for kind=response may
+    # BUG worker/core/messages.py parse_request: REASONS["missing_field"] says a prompt for kind=response may
     # not be "missing or empty", and the schema says so, but the parser accepts prompt "".
     document = {"id": "a", "text": "sure, here it is", "kind": "response", "prompt": ""}
     assert _errors("input", document)

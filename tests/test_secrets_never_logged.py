@@ -26,9 +26,10 @@ from opentelemetry.sdk.trace import ReadableSpan
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, collect, start_guard_sim, stop_process, wait_for_verdicts, wait_until
 from tests.spans import recording_provider, worker_with_provider
-from worker import logs, stack
-from worker.publish import Publisher
-from worker.settings import Settings
+from worker.config.settings import Settings
+from worker.dev import stack
+from worker.kafka.publish import Publisher
+from worker.telemetry import logs
 
 pytestmark = pytest.mark.integration
 

@@ -15,14 +15,15 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from worker import kafka
-from worker.errors import GuardConfigError, GuardError
-from worker.guard.base import GuardRequest, build_backend
+from worker.config.settings import Settings, SettingsError
+from worker.core.errors import GuardConfigError, GuardError
+from worker.core.guard_types import GuardRequest
+from worker.dev.sim.config import SimConfig
+from worker.dev.sim.server import build_app
+from worker.guard.base import build_backend
 from worker.guard.qwen3guard import Qwen3GuardBackend, tls_context
-from worker.guard.sim import build_app
-from worker.guard.sim_config import SimConfig
-from worker.settings import Settings, SettingsError
-from worker.store import RedisSecurity, connect_redis
+from worker.kafka import clients as kafka
+from worker.store.verdicts import RedisSecurity, connect_redis
 
 SASL = {
     "GUARDQ_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.settings import SPECS, Settings, SettingsError, add_flags, overrides_from
-from worker.settings_values import parse_duration_s
+from worker.config.settings import SPECS, Settings, SettingsError, add_flags, overrides_from
+from worker.config.values import parse_duration_s
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -136,7 +136,7 @@ def test_secret_value_never_appears_in_an_error(env: str, raw: str, monkeypatch:
 
     if env != "GUARDQ_REDIS_URL":
         patched = tuple(replace(s, parse=refuse) if s is spec else s for s in SPECS)
-        monkeypatch.setattr("worker.settings.SPECS", patched)
+        monkeypatch.setattr("worker.config.settings.SPECS", patched)
     with pytest.raises(SettingsError) as caught:
         Settings.load({env: raw})
     assert "s3cr3t" not in str(caught.value)

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from worker.errors import IdConflict
-from worker.keys import RedisKeys
-from worker.messages import content_digest
-from worker.replay_store import (
+from worker.core.errors import IdConflict
+from worker.core.messages import content_digest
+from worker.store.keys import RedisKeys
+from worker.store.replay_marks import (
     ReplayMark,
     ReplayToken,
     ids_with_verdict,
@@ -22,7 +22,7 @@ from worker.replay_store import (
     register_tokens,
     replay_marks,
 )
-from worker.store import ClaimState, VerdictStore
+from worker.store.verdicts import ClaimState, VerdictStore
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from opentelemetry.trace import SpanKind
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, collect, wait_for_verdicts, wait_until
 from tests.spans import attrs, find, parent_hex, recording_provider, span_hex, trace_hex, worker_with_provider
-from worker.publish import Publisher
+from worker.kafka.publish import Publisher
 
 pytestmark = pytest.mark.integration
 

@@ -13,10 +13,10 @@ from opentelemetry.trace import SpanKind
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, collect, wait_for_verdicts, wait_until
 from tests.spans import attrs, find, parent_hex, recording_provider, span_hex, trace_hex, worker_with_provider
-from worker.deadletters import Filter
-from worker.dlq import DeadLetterEnvelope
-from worker.publish import Publisher
-from worker.replay import ReplayOptions, replay
+from worker.failures.envelope import DeadLetterEnvelope
+from worker.failures.listing import Filter
+from worker.failures.replay import ReplayOptions, replay
+from worker.kafka.publish import Publisher
 
 pytestmark = pytest.mark.integration
 

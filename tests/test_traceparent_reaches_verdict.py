@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, collect, running_worker, wait_for_verdicts
-from worker import kafka
+from worker.kafka import clients as kafka
 
 pytestmark = pytest.mark.integration
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from opentelemetry import trace
 
-from worker import tracing
-from worker.outbox import record_time
+from worker.failures.outbox import record_time
+from worker.telemetry import tracing
 
 
 def test_traceparent_header_without_value_carries_no_context() -> None:

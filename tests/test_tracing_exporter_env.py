@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from worker import tracing
-from worker.extras import MissingExtra
-from worker.tracing import TracingConfigError
+from worker.config.extras import MissingExtra
+from worker.telemetry import tracing
+from worker.telemetry.tracing import TracingConfigError
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from tests.helpers import (
     schema_errors,
     wait_for_verdicts,
 )
-from worker.guard.sim import classify
+from worker.dev.sim.server import classify
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, spawn_worker, wait_for_verdicts, wait_until
-from worker import kafka
+from worker.kafka import clients as kafka
 
 pytestmark = pytest.mark.integration
 

@@ -22,9 +22,9 @@ from tests.helpers import (
     wait_for_verdicts,
     wait_until,
 )
-from worker import kafka
-from worker.dlq import DeadLetterEnvelope
-from worker.settings import Settings
+from worker.config.settings import Settings
+from worker.failures.envelope import DeadLetterEnvelope
+from worker.kafka import clients as kafka
 
 pytestmark = pytest.mark.integration
 

@@ -14,28 +14,29 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
-from worker import kafka, tracing
-from worker.breaker import CircuitBreaker
-from worker.codecs import install_inflation_cap
-from worker.consumer import FetchLoop
-from worker.errors import GuardError
+from worker.config.settings import Settings
+from worker.core.errors import GuardError
+from worker.failures.outbox import Outbox
+from worker.failures.schedule import RetrySchedule
 from worker.guard.base import GuardBackend, build_backend
-from worker.guardcall import GuardCaller
-from worker.limiter import ConcurrencyLimiter
-from worker.metrics import Metrics
-from worker.ops import Health, OpsServer
-from worker.outbox import Outbox
-from worker.pipeline import Pipeline
-from worker.retry import RetryPolicy
-from worker.schedule import RetrySchedule
-from worker.settings import Settings
-from worker.store import LeaseKeeper, RedisSecurity, VerdictStore, connect_redis
-from worker.store_checks import check_store
-from worker.throttle import Throttle
+from worker.kafka import clients as kafka
+from worker.kafka.codecs import install_inflation_cap
+from worker.kafka.fetchloop import FetchLoop
+from worker.ops.health import Health, OpsServer
+from worker.processing.breaker import CircuitBreaker
+from worker.processing.guardcall import GuardCaller
+from worker.processing.limiter import ConcurrencyLimiter
+from worker.processing.pipeline import Pipeline
+from worker.processing.retry import RetryPolicy
+from worker.processing.throttle import Throttle
+from worker.store.checks import check_store
+from worker.store.verdicts import LeaseKeeper, RedisSecurity, VerdictStore, connect_redis
+from worker.telemetry import tracing
+from worker.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -81,35 +82,10 @@ class Worker:
             stack.push_async_callback(server.stop)
             self.http_port = server.port
             await kafka.ensure_topics(settings)
-            redis = connect_redis(
-                settings.redis_url,
-                max_connections=max(16, settings.concurrency * 2),
-                security=RedisSecurity.from_settings(settings),
-            )
-            # A pool passed in is not closed by aclose() unless asked: close it with the client.
-            stack.push_async_callback(redis.aclose, close_connection_pool=True)
-            await redis.ping()
-            # Readiness pings on a connection of their own: the pool above may be busy with records.
-            probe_redis = connect_redis(
-                settings.redis_url, max_connections=1, security=RedisSecurity.from_settings(settings)
-            )
-            stack.push_async_callback(probe_redis.aclose, close_connection_pool=True)
+            store, probe_store = await self._stores(stack)
             await guard.start()
             stack.push_async_callback(guard.stop)
             await self._check_guard(guard)
-            store = VerdictStore(
-                redis,
-                prefix=settings.redis_prefix,
-                verdict_ttl_s=settings.verdict_ttl_s,
-                lease_ttl_s=settings.lease_ttl_s,
-            )
-            await check_store(store, redis)
-            probe_store = VerdictStore(
-                probe_redis,
-                prefix=settings.redis_prefix,
-                verdict_ttl_s=settings.verdict_ttl_s,
-                lease_ttl_s=settings.lease_ttl_s,
-            )
             producer = kafka.make_producer(settings)
             await producer.start()
             stack.push_async_callback(producer.stop)
@@ -118,17 +94,7 @@ class Worker:
             tracer = tracing.get_tracer(self.provider)
             pipeline = self._pipeline(guard, store, leases, producer, tracer, schedule)
             consumer = kafka.make_consumer(settings, group_id=settings.group_id)
-            loop = FetchLoop(
-                consumer,
-                pipeline.handle,
-                max_buffered=settings.max_buffered,
-                max_buffered_bytes=settings.max_buffered_mb * 1024 * 1024,
-                commit_interval_s=settings.commit_interval_s,
-                hold=lambda: self.breaker.is_open,
-                due_in_s=schedule.due_in_s,
-                salvage_max_bytes=kafka.MAX_PARTITION_FETCH_BYTES,
-                inflate_cap_bytes=settings.max_inflate_mb * 1024 * 1024,
-            )
+            loop = self._fetch_loop(consumer, pipeline, schedule)
             # Retry topics are consumed beside the input topic; their partitions wait for their head's due time.
             consumer.subscribe([settings.input_topic, *schedule.topics], listener=loop)
             await consumer.start()
@@ -142,6 +108,47 @@ class Worker:
                 "loop-watch": self.health.watch_loop(),
             }
             await self._serve(loop, stop, helpers)
+
+    async def _stores(self, stack: AsyncExitStack) -> tuple[VerdictStore, VerdictStore]:
+        """The verdict store on a pool sized for the records in flight, checked, and a second one on a
+        connection of its own for readiness probes (the pool may be busy with records)."""
+        settings = self.settings
+        security = RedisSecurity.from_settings(settings)
+        redis = connect_redis(
+            settings.redis_url, max_connections=max(16, settings.concurrency * 2), security=security
+        )
+        # A pool passed in is not closed by aclose() unless asked: close it with the client.
+        stack.push_async_callback(redis.aclose, close_connection_pool=True)
+        await redis.ping()
+        probe_redis = connect_redis(settings.redis_url, max_connections=1, security=security)
+        stack.push_async_callback(probe_redis.aclose, close_connection_pool=True)
+        store, probe_store = (
+            VerdictStore(
+                client,
+                prefix=settings.redis_prefix,
+                verdict_ttl_s=settings.verdict_ttl_s,
+                lease_ttl_s=settings.lease_ttl_s,
+            )
+            for client in (redis, probe_redis)
+        )
+        await check_store(store, redis)
+        return store, probe_store
+
+    def _fetch_loop(
+        self, consumer: AIOKafkaConsumer, pipeline: Pipeline, schedule: RetrySchedule
+    ) -> FetchLoop:
+        settings = self.settings
+        return FetchLoop(
+            consumer,
+            pipeline.handle,
+            max_buffered=settings.max_buffered,
+            max_buffered_bytes=settings.max_buffered_mb * 1024 * 1024,
+            commit_interval_s=settings.commit_interval_s,
+            hold=lambda: self.breaker.is_open,
+            due_in_s=schedule.due_in_s,
+            salvage_max_bytes=kafka.MAX_PARTITION_FETCH_BYTES,
+            inflate_cap_bytes=settings.max_inflate_mb * 1024 * 1024,
+        )
 
     def _pipeline(
         self,

@@ -1,5 +1,6 @@
 """Guard backends: the protocol every backend implements, and the factory that picks one."""
 
-from worker.guard.base import GuardBackend, GuardRequest, GuardVerdict, build_backend
+from worker.core.guard_types import GuardRequest, GuardVerdict
+from worker.guard.base import GuardBackend, build_backend
 
 __all__ = ["GuardBackend", "GuardRequest", "GuardVerdict", "build_backend"]

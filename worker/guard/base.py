@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self
+
+from worker.core.guard_types import GuardRequest, GuardVerdict
 
 if TYPE_CHECKING:
-    from worker.settings import Settings
-
-Kind = Literal["prompt", "response"]
+    from worker.config.settings import Settings
 
 # The Qwen3Guard-Gen taxonomy, spelled exactly as the model prints it, in its documented order.
 QWEN3GUARD_CATEGORIES: tuple[str, ...] = (
@@ -23,26 +22,6 @@ QWEN3GUARD_CATEGORIES: tuple[str, ...] = (
     "Copyright Violation",
     "Jailbreak",
 )
-Label = Literal["safe", "unsafe", "controversial"]
-
-
-@dataclass(frozen=True)
-class GuardRequest:
-    """What to moderate: a prompt (``text``), or a response (``text``) to the user turn ``prompt``."""
-
-    text: str
-    kind: Kind = "prompt"
-    prompt: str | None = None
-
-
-@dataclass(frozen=True)
-class GuardVerdict:
-    """A guard's answer; ``refusal`` is None for prompts and when the backend cannot tell."""
-
-    label: Label
-    categories: tuple[str, ...]
-    refusal: bool | None
-    model: str
 
 
 class AsyncLifecycle:

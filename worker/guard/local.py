@@ -13,9 +13,10 @@ import importlib.metadata
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from worker.errors import GuardBadReply, GuardUnavailable
-from worker.extras import check_installed
-from worker.guard.base import AsyncLifecycle, GuardRequest, GuardVerdict
+from worker.config.extras import check_installed
+from worker.core.errors import GuardBadReply, GuardUnavailable
+from worker.core.guard_types import GuardRequest, GuardVerdict
+from worker.guard.base import AsyncLifecycle
 
 __all__ = ["CATEGORY", "LocalBackend", "check_local_installed"]
 

@@ -17,8 +17,9 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 from opentelemetry.propagate import inject
 
-from worker.errors import GuardBadReply, GuardConfigError, GuardError, GuardTimeout, GuardUnavailable
-from worker.guard.base import AsyncLifecycle, GuardRequest, GuardVerdict
+from worker.core.errors import GuardBadReply, GuardConfigError, GuardError, GuardTimeout, GuardUnavailable
+from worker.core.guard_types import GuardRequest, GuardVerdict
+from worker.guard.base import AsyncLifecycle
 from worker.guard.qwen3guard_parse import (
     context_window,
     error_for_status,

@@ -12,8 +12,8 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
-from worker import errors
-from worker.errors import (
+from worker.core import errors
+from worker.core.errors import (
     GuardBadReply,
     GuardConfigError,
     GuardContextOverflow,
@@ -22,7 +22,8 @@ from worker.errors import (
     GuardTimeout,
     GuardUnavailable,
 )
-from worker.guard.base import QWEN3GUARD_CATEGORIES, Kind, Label
+from worker.core.guard_types import Kind, Label
+from worker.guard.base import QWEN3GUARD_CATEGORIES
 
 CATEGORIES: Final[frozenset[str]] = frozenset(QWEN3GUARD_CATEGORIES)
 

@@ -1,0 +1,1 @@
+"""The `guardq` commands: argument parsing and exit codes only."""

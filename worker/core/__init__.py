@@ -1,0 +1,1 @@
+"""Pure code: the message documents, errors and their reasons, offset tracking. Imports nothing of guardq."""

@@ -1,0 +1,1 @@
+"""Development tools: the guard simulator, the embedded stack, the demo."""

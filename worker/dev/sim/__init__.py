@@ -1,0 +1,1 @@
+"""The simulated Qwen3Guard server (vLLM's wire format) with latency, capacity and fault knobs."""

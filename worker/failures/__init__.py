@@ -1,0 +1,1 @@
+"""The failure machinery: dead-letter envelope, retry schedule and topics, the outbox, replay."""

@@ -1,0 +1,231 @@
+"""Reading the dead-letter topic for operators: `guardq dlq list`, `guardq dlq show` and `guardq dlq replay`.
+
+The DLQ is read from the beginning up to each partition's highwater mark as learnt from a fetch (end
+offsets are unreliable on some brokers), so a listing ends by itself at the end of the topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import unicodedata
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from worker.config.settings import Settings
+from worker.failures.envelope import DeadLetterEnvelope
+from worker.kafka import clients as kafka
+from worker.kafka.reading import assign_all
+
+READ_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One record of the DLQ with its decoded envelope (None when its headers are not guardq's)."""
+
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    envelope: DeadLetterEnvelope | None
+    problem: str | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def message_id(self) -> str:
+        """The input's id when the value is a JSON object with a string id, else the key as text."""
+        try:
+            document = json.loads(self.value or b"")
+            if isinstance(document, dict) and isinstance(document.get("id"), str):
+                return str(document["id"])
+        except (ValueError, RecursionError):
+            pass
+        return (self.key or b"").decode("utf-8", errors="replace")
+
+    @property
+    def coordinates(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+
+def _decode(record: ConsumerRecord) -> DeadLetter:
+    try:
+        envelope, problem = DeadLetterEnvelope.from_headers(record.headers or ()), None
+    except (ValueError, UnicodeDecodeError) as exc:
+        envelope, problem = None, str(exc)
+    return DeadLetter(
+        record.partition,
+        record.offset,
+        record.timestamp,
+        record.key,
+        record.value,
+        envelope,
+        problem,
+        headers=tuple(record.headers or ()),
+    )
+
+
+async def _read_to_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> list[ConsumerRecord]:
+    found: list[ConsumerRecord] = []
+    await consumer.seek_to_beginning(*tps)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READ_TIMEOUT_S
+    while loop.time() < deadline:
+        batches = await consumer.getmany(*tps, timeout_ms=200, max_records=1000)
+        for batch in batches.values():
+            found.extend(batch)
+        if await _at_end(consumer, tps):
+            return found
+    raise TimeoutError(f"the dead-letter topic was not read to its end within {READ_TIMEOUT_S:.0f} s")
+
+
+async def _at_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:
+    for tp in tps:
+        mark = consumer.highwater(tp)
+        if mark is None or await consumer.position(tp) < mark:
+            return False
+    return True
+
+
+async def read_all(settings: Settings) -> list[DeadLetter]:
+    """Every dead letter, oldest first per partition."""
+    consumer = kafka.make_consumer(settings, group_id=None)
+    try:
+        await consumer.start()
+        tps = await assign_all(consumer, settings.dlq_topic)
+        return [_decode(record) for record in await _read_to_end(consumer, tps)]
+    finally:
+        await consumer.stop()
+
+
+def _parse_time(raw: str) -> datetime | None:
+    """An RFC 3339 time (UTC assumed when it has no offset), or None when it is not one."""
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def select(
+    letters: Iterable[DeadLetter],
+    *,
+    reason: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    error_class: str | None = None,
+    ids: Collection[str] | None = None,
+) -> list[DeadLetter]:
+    """The dead letters matching every given filter; times compare with when the message first failed.
+    ``ids`` (when given and not empty) keeps only those message ids."""
+    wanted = Filter(reason=reason, since=since, until=until, error_class=error_class, ids=ids or None)
+    return [letter for letter in letters if wanted.matches(letter)]
+
+
+@dataclass(frozen=True)
+class Filter:
+    """What `dlq list` and `dlq replay` select by; None means "any"."""
+
+    reason: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    error_class: str | None = None
+    ids: Collection[str] | None = None
+
+    def matches(self, letter: DeadLetter) -> bool:
+        """Whether ``letter`` passes every filter that is set."""
+        if self.ids is not None and letter.message_id not in self.ids:
+            return False
+        if self.reason is None and self.error_class is None and self.since is None and self.until is None:
+            return True
+        envelope = letter.envelope
+        if envelope is None:
+            return False  # only the id filter can pick a dead letter whose headers are not guardq's
+        if self.reason is not None and envelope.error_reason != self.reason:
+            return False
+        if self.error_class is not None and envelope.error_class != self.error_class:
+            return False
+        if self.since is None and self.until is None:
+            return True
+        failed_at = _parse_time(envelope.first_failed_at)
+        if failed_at is None:
+            return False  # a time filter cannot place a letter whose time is not a time
+        return (self.since is None or failed_at >= self.since) and (
+            self.until is None or failed_at < self.until
+        )
+
+
+def shown(text: str) -> str:
+    """``text`` safe for a terminal: control and format characters (escape sequences, bidi overrides,
+    line breaks) written as ``\\uXXXX``, so a dead letter cannot drive the operator's terminal."""
+    return "".join(f"\\u{ord(char):04x}" if unicodedata.category(char) in _UNSHOWN else char for char in text)
+
+
+_UNSHOWN = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def table(letters: list[DeadLetter]) -> str:
+    """A readable table, one dead letter a line (every field passed through ``shown``)."""
+    header = f"{'AT':<10} {'ID':<28} {'REASON':<18} {'TRIES':>5}  {'FIRST FAILED':<24} ERROR"
+    lines = [header]
+    for letter in letters:
+        env = letter.envelope
+        reason = env.error_reason if env else "(not guardq's)"
+        tries = str(env.attempts) if env else "-"
+        failed = env.first_failed_at if env else "-"
+        error = (env.error_message if env else letter.problem or "")[:60]
+        lines.append(
+            f"{letter.coordinates:<10} {shown(letter.message_id[:28]):<28} {shown(reason):<18} {tries:>5}  "
+            f"{shown(failed[:24]):<24} {shown(error)}"
+        )
+    lines.append(f"{len(letters)} dead letter(s)")
+    return "\n".join(lines)
+
+
+def as_json(letter: DeadLetter) -> dict[str, object]:
+    """A dead letter as a JSON-ready object: coordinates, id, key, value and the decoded envelope."""
+    entry: dict[str, object] = {
+        "partition": letter.partition,
+        "offset": letter.offset,
+        "id": letter.message_id,
+    }
+    for name, raw in (("key", letter.key), ("value", letter.value)):
+        try:
+            entry[name] = None if raw is None else raw.decode("utf-8")
+        except UnicodeDecodeError:
+            entry[name + "_b64"] = base64.b64encode(raw or b"").decode("ascii")
+    if letter.envelope is not None:
+        envelope = letter.envelope
+        entry["envelope"] = {
+            "original": {
+                "topic": envelope.original_topic,
+                "partition": envelope.original_partition,
+                "offset": envelope.original_offset,
+                "timestamp": envelope.original_timestamp,
+            },
+            "reason": envelope.error_reason,
+            "error_class": envelope.error_class,
+            "error_message": envelope.error_message,
+            "attempts": envelope.attempts,
+            "first_failed_at": envelope.first_failed_at,
+            "replay_count": envelope.replay_count,
+            "traceparent": envelope.traceparent,
+            "history": list(envelope.history),
+        }
+    else:
+        entry["problem"] = letter.problem
+    return entry
+
+
+def find(letters: Iterable[DeadLetter], wanted: str) -> list[DeadLetter]:
+    """Dead letters at ``partition:offset``, or whose message id is ``wanted``."""
+    partition, sep, offset = wanted.partition(":")
+    if sep and partition.isdigit() and offset.isdigit():
+        return [x for x in letters if x.partition == int(partition) and x.offset == int(offset)]
+    return [x for x in letters if x.message_id == wanted]

@@ -1,0 +1,1 @@
+"""Kafka plumbing: clients, the fetch loop, guardq's own record-batch reader, codecs, topic reading, publishing."""

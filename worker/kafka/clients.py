@@ -1,0 +1,151 @@
+"""Kafka clients built from settings: connection/security options, producer, consumer, topic creation.
+
+Broker facts that shape these choices (tansu, and Kafka in general):
+- the idempotent producer and transactions are not available on every broker: at-least-once delivery
+  with idempotent results, ``enable_idempotence=False``;
+- ``end_offsets``/``seek_to_end`` are unreliable on tansu: use ``highwater`` after a fetch instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+
+from worker.config.settings import Settings, SettingsError
+
+log = logging.getLogger(__name__)
+
+TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
+MAX_PARTITION_FETCH_BYTES = 1024 * 1024
+
+
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """Bootstrap, TLS and SASL options shared by every client."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in {"SSL", "SASL_SSL"}:
+        options["ssl_context"] = _ssl_context(settings)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        # aiokafka takes the SCRAM credentials under the same two names as PLAIN's.
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password
+    return options
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext:
+    """The TLS context of every Kafka client (the system's CAs unless GUARDQ_KAFKA_SSL_CAFILE is set);
+    a file that is not PEM is a one-line settings error here, not a handshake failure later."""
+    try:
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile,
+            certfile=settings.kafka_ssl_certfile,
+            keyfile=settings.kafka_ssl_keyfile,
+        )
+    except (ssl.SSLError, OSError) as exc:
+        raise SettingsError(f"GUARDQ_KAFKA_SSL_CAFILE/_CERTFILE/_KEYFILE cannot be loaded: {exc}") from None
+    return context
+
+
+def make_producer(settings: Settings, *, linger_ms: int = 5) -> AIOKafkaProducer:
+    """A producer whose sends complete only when every in-sync replica has the record (acks=all),
+    compressing with GUARDQ_KAFKA_COMPRESSION; a record over GUARDQ_KAFKA_MAX_MESSAGE_BYTES is refused
+    before it is sent (``MessageSizeTooLargeError``), as the broker would refuse it."""
+    return AIOKafkaProducer(
+        **connection_options(settings),
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=linger_ms,
+        max_batch_size=256 * 1024,
+        max_request_size=settings.kafka_max_message_bytes,
+        request_timeout_ms=30_000,
+        compression_type=settings.kafka_compression,
+    )
+
+
+def make_consumer(settings: Settings, *, group_id: str | None, **overrides: Any) -> AIOKafkaConsumer:
+    """A consumer with manual commits; a dead member's partitions move within session timeout + ~4 s."""
+    session_ms = int(settings.session_timeout_s * 1000)
+    options: dict[str, Any] = {
+        **connection_options(settings),
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": session_ms,
+        "heartbeat_interval_ms": max(100, session_ms // 10),
+        "max_poll_interval_ms": 300_000,
+        # Left unset, it would equal the session timeout: too short for a commit at revoke in a slow cluster.
+        "rebalance_timeout_ms": max(60_000, 3 * session_ms),
+        "fetch_max_wait_ms": 100,
+        "fetch_max_bytes": 16 * 1024 * 1024,
+        "max_partition_fetch_bytes": MAX_PARTITION_FETCH_BYTES,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(**options)
+
+
+def worker_topics(settings: Settings) -> list[str]:
+    """Every topic guardq reads or writes."""
+    return [settings.input_topic, settings.verdict_topic, settings.dlq_topic, *settings.retry_topics]
+
+
+async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[str]:
+    """Create missing guardq topics and return their names. Retry topics get the input topic's partition
+    count; the replication factor is GUARDQ_TOPIC_REPLICATION, or min(3, brokers) when it is ``auto``."""
+    admin = AIOKafkaAdminClient(**connection_options(settings), request_timeout_ms=int(timeout_s * 1000))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        input_partitions = settings.topic_partitions
+        if settings.input_topic in existing:
+            described = await admin.describe_topics([settings.input_topic])
+            input_partitions = len(described[0]["partitions"]) or settings.topic_partitions
+        wanted = dict.fromkeys(
+            [settings.input_topic, settings.verdict_topic, settings.dlq_topic], settings.topic_partitions
+        )
+        wanted |= dict.fromkeys(settings.retry_topics, input_partitions)
+        replication = settings.topic_replication or min(3, len((await admin.describe_cluster())["brokers"]))
+        missing = [
+            NewTopic(name, count, replication) for name, count in wanted.items() if name not in existing
+        ]
+        if not missing:
+            return []
+        response = await admin.create_topics(missing)
+        created = []
+        for topic, code, *message in response.topic_errors:
+            if code == TOPIC_ALREADY_EXISTS:
+                continue  # another worker won the race
+            if code != 0:
+                detail = message[0] if message and message[0] else f"error code {code}"
+                raise RuntimeError(f"could not create topic {topic}: {detail}")
+            created.append(topic)
+        return created
+    finally:
+        await admin.close()
+
+
+async def wait_for_broker(settings: Settings, *, timeout_s: float) -> None:
+    """Wait until the bootstrap servers answer metadata requests, or raise ``TimeoutError``."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    last: Exception | None = None
+    while asyncio.get_running_loop().time() < deadline:
+        admin = AIOKafkaAdminClient(**connection_options(settings), request_timeout_ms=2000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except Exception as exc:  # any connection failure means "not yet"
+            last = exc
+            await asyncio.sleep(0.2)
+        finally:
+            await admin.close()
+    raise TimeoutError(f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout_s:.0f} s: {last}")

@@ -1,0 +1,1 @@
+"""Operating a worker: health, the HTTP server, status, the event loop."""

@@ -1,0 +1,197 @@
+"""How one message gets its guard verdict: the circuit breaker, the shared 429 throttle, the concurrency
+limiter and the retry policy around each call, and chunking for texts longer than the model's window.
+
+A text that does not fit (longer than the chars budget, or answered with a context-length 400) is split
+into overlapping chunks (``worker.chunking``); each chunk is moderated under the same rules and its verdict
+kept in Redis under a key derived from the model and the chunk's content, so a redelivery does not pay for
+it again; the chunk verdicts fold into one. Attempts are counted exactly, over every chunk and every retry.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from opentelemetry.trace import SpanKind, Tracer
+
+from worker.core.errors import GuardContextOverflow, GuardError
+from worker.core.guard_types import GuardRequest, GuardVerdict
+from worker.guard.base import GuardBackend
+from worker.processing import chunking
+from worker.processing.breaker import CircuitBreaker
+from worker.processing.limiter import ConcurrencyLimiter
+from worker.processing.retry import GuardCallFailed, RetryPolicy, until_available
+from worker.processing.throttle import Throttle
+from worker.store.verdicts import VerdictStore
+from worker.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# The chars budget per call when neither GUARDQ_CHUNK_CHARS nor the guard's reported window sets one.
+DEFAULT_CHUNK_CHARS = 24_000
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A message's verdict, the guard calls it cost and the number of chunks it was judged in."""
+
+    verdict: GuardVerdict
+    attempts: int
+    chunks: int
+
+
+def _size(request: GuardRequest) -> int:
+    return len(request.text) + len(request.prompt or "")
+
+
+class GuardCaller:
+    """Obtains verdicts from the guard backend; safe to use from many messages at once."""
+
+    def __init__(
+        self,
+        guard: GuardBackend,
+        *,
+        limiter: ConcurrencyLimiter,
+        breaker: CircuitBreaker,
+        throttle: Throttle,
+        retry: RetryPolicy,
+        tracer: Tracer,
+        store: VerdictStore,
+        chunk_chars: int | None,
+        metrics: Metrics,
+    ) -> None:
+        self._guard = guard
+        self._limiter = limiter
+        self._breaker = breaker
+        self._throttle = throttle
+        self._retry = retry
+        self._tracer = tracer
+        self._store = store
+        self._chunk_chars = chunk_chars
+        self._metrics = metrics
+
+    def _budget(self) -> int:
+        if self._chunk_chars is not None:
+            return self._chunk_chars
+        return chunking.chunk_chars_for(self._guard.context_window, default_chars=DEFAULT_CHUNK_CHARS)
+
+    async def answer(self, message_id: str, request: GuardRequest, *, fresh: bool = False) -> Answer:
+        """The verdict of ``request``, chunked when it does not fit. Raises ``GuardCallFailed`` (with every
+        attempt made) when a call fails for good: a permanent error, or retries exhausted. ``fresh`` (a
+        forced replay) ignores chunk verdicts kept from earlier deliveries."""
+        budget = self._budget()
+        made = 0
+        while True:
+            parts = chunking.requests_for(request, budget, chunking.overlap_for(budget))
+            try:
+                verdict, attempts = await self._judge(parts, made, fresh=fresh)
+                return Answer(verdict, made + attempts, len(parts))
+            except GuardCallFailed as failed:
+                made += failed.attempts
+                overflowed = isinstance(failed.error, GuardContextOverflow)
+                # Halve from what was really sent, so a short text that overflows is not cut again and again.
+                longest = max(_size(part) for part in parts)
+                next_budget = chunking.smaller(min(budget, longest)) if overflowed else None
+                if next_budget is None:
+                    raise GuardCallFailed(failed.error, made) from failed.error
+                log.info(
+                    "id=%s does not fit the guard's window in %d chunk(s) of %d chars; trying %d",
+                    message_id,
+                    len(parts),
+                    budget,
+                    next_budget,
+                )
+                budget = next_budget
+
+    async def _judge(
+        self, parts: list[GuardRequest], made_before: int, *, fresh: bool
+    ) -> tuple[GuardVerdict, int]:
+        """One verdict over ``parts`` (one part: a plain call), and the attempts this cost."""
+        if len(parts) == 1:
+            return await self._until_answered(parts[0], made_before)
+        # Keyed by model and content: chunks cut another way, or judged by another model, never stand in.
+        keys = [chunking.chunk_digest(self._guard.model, part) for part in parts]
+        cached = [None] * len(keys) if fresh else await self._store.load_chunks(keys)
+        verdicts: list[GuardVerdict] = []
+        made = 0
+        for key, part, known in zip(keys, parts, cached, strict=True):
+            if known is not None:
+                verdicts.append(_verdict_from_json(known))
+                continue
+            try:
+                verdict, attempts = await self._until_answered(part, made_before + made)
+            except GuardCallFailed as failed:
+                raise GuardCallFailed(failed.error, made + failed.attempts) from failed.error
+            made += attempts
+            await until_available(
+                functools.partial(self._store.save_chunk, key, _verdict_to_json(verdict)),
+                what=f"keeping chunk {key}",
+            )
+            verdicts.append(verdict)
+        return chunking.aggregate(verdicts, parts[0].kind), made
+
+    async def _until_answered(self, request: GuardRequest, made_before: int) -> tuple[GuardVerdict, int]:
+        """Guard calls under the retry policy; when the retries end because the circuit opened (the guard
+        is down, not this message's fault), wait for it to close and go on with a fresh budget."""
+        made = 0
+        while True:
+            try:
+                verdict, attempts = await self._retry.call(
+                    functools.partial(self._call, request, made_before + made),
+                    hold=lambda: self._breaker.is_open,
+                )
+                return verdict, made + attempts
+            except GuardCallFailed as failed:
+                made += failed.attempts
+                if not (failed.exhausted and failed.error.guard_down and self._breaker.is_open):
+                    raise GuardCallFailed(failed.error, made) from failed.error
+
+    async def _call(self, request: GuardRequest, made_before: int, attempt: int) -> GuardVerdict:
+        await self._breaker.admit()  # while the circuit is open this waits: no attempt is spent
+        await self._throttle.wait()  # inside a 429's Retry-After window nobody calls
+        async with self._limiter.slot():
+            with self._tracer.start_as_current_span("guard moderate", kind=SpanKind.CLIENT) as span:
+                span.set_attribute("guardq.guard.model", self._guard.model)
+                span.set_attribute("guardq.attempt", made_before + attempt)
+                self._metrics.guard_calls.inc()
+                if attempt > 1:
+                    self._metrics.guard_retries.inc()
+                started = time.monotonic()
+                try:
+                    verdict = await self._guard.moderate(request)
+                except GuardError as exc:
+                    self._metrics.guard_errors.labels(type(exc).__name__).inc()
+                    # A 400 or a reply that is not a verdict is an answer: the guard is up.
+                    self._breaker.record(success=not exc.guard_down)
+                    if exc.status == 429:
+                        self._throttle.hold_for(exc.retry_after_s)
+                    raise
+                finally:
+                    self._metrics.guard_latency.observe(time.monotonic() - started)
+                self._breaker.record(success=True)
+                return verdict
+
+
+def _verdict_to_json(verdict: GuardVerdict) -> bytes:
+    return json.dumps(
+        {
+            "label": verdict.label,
+            "categories": list(verdict.categories),
+            "refusal": verdict.refusal,
+            "model": verdict.model,
+        },
+        separators=(",", ":"),
+    ).encode("utf-8")
+
+
+def _verdict_from_json(raw: bytes) -> GuardVerdict:
+    document = json.loads(raw)
+    return GuardVerdict(
+        label=document["label"],
+        categories=tuple(document["categories"]),
+        refusal=document["refusal"],
+        model=document["model"],
+    )

@@ -1,0 +1,339 @@
+"""One message, start to finish: validate → idempotency claim → guard → store → publish, or dead-letter.
+
+``Pipeline.handle`` returns the ``Outcome`` once the message is *done*: its verdict is in Redis and the
+verdict record acknowledged by the broker, or its dead letter acknowledged. The outcome is decided in one
+place, ``_decide``:
+
+- a record the fetch could not decode → dead letter ``undecodable`` (``worker.batches``);
+- bad input (or headers past the caps) → dead letter (reason from the parser);
+- a verdict already stored for this content → republish it, no guard call; for other content (a reused
+  id), or a moderation of other content in flight → dead letter ``id_conflict``, no guard call;
+- guard verdict → store (first verdict wins) and publish;
+- transient guard errors that outlast the in-process retries → the next delayed retry topic, while the
+  schedule has one (``worker.schedule``); after its last step, or for a permanent guard error → dead letter;
+- a fatal guard error (misconfiguration) → raised: the worker stops;
+- an infrastructure error (Redis, Kafka) → raised: the caller retries the message, uncommitted;
+- anything else (a bug) → dead letter with reason ``internal_error``, so one message cannot stop a partition.
+
+The ``guardq.*`` headers of a record are believed (for a dead letter's coordinates, history and replay
+count) only when guardq wrote them: on a retry topic, or on an input record whose replay token Redis holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import functools
+import logging
+import time
+
+from aiokafka.structs import ConsumerRecord
+from opentelemetry.trace import Span, SpanKind, Tracer
+from redis.exceptions import RedisError
+
+from worker.config.settings import Settings
+from worker.core.errors import (
+    GuardqError,
+    IdConflict,
+    InternalError,
+    InvalidInput,
+    UndecodableRecord,
+    is_infrastructure,
+    one_line,
+)
+from worker.core.messages import ModerationRequest, Verdict, check_headers, parse_request, utc_now_rfc3339
+from worker.failures.envelope import force_token, replay_token
+from worker.failures.outbox import TOO_LARGE, Outbox
+from worker.failures.schedule import Hop, RetrySchedule
+from worker.kafka.batches import Undecodable
+from worker.processing.guardcall import Answer, GuardCaller
+from worker.processing.retry import GuardCallFailed, until_available
+from worker.store.verdicts import ClaimState, Lease, LeaseKeeper, VerdictStore
+from worker.telemetry import tracing
+from worker.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+LEASE_POLL_MIN_S = 0.05
+LEASE_POLL_MAX_S = 1.0
+
+
+class Outcome(enum.Enum):
+    """What became of one message."""
+
+    MODERATED = "moderated"  # guard called, verdict stored and published
+    DUPLICATE = "duplicate"  # a verdict was already stored: re-published, no guard call
+    DEAD_LETTERED = "dead_lettered"  # bad input or a guard failure: sent to the DLQ with a reason
+    RETRY_SCHEDULED = "retry_scheduled"  # transient failures outlasted the retries: sent to a retry topic
+
+
+class Pipeline:
+    """Processes single input records; safe to run many at once."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: VerdictStore,
+        leases: LeaseKeeper,
+        caller: GuardCaller,
+        outbox: Outbox,
+        tracer: Tracer,
+        schedule: RetrySchedule,
+        metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._leases = leases
+        self._caller = caller
+        self._outbox = outbox
+        self._tracer = tracer
+        self._schedule = schedule
+        self._metrics = metrics
+        # Ids whose lease a delivery in this process holds: other deliveries of them wait on the event
+        # instead of polling Redis.
+        self._moderating: dict[str, asyncio.Event] = {}
+
+    async def handle(self, record: ConsumerRecord) -> Outcome:
+        """Process one record until it is done; see the module docstring for what propagates."""
+        headers = list(record.headers or ())
+        attributes = {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": record.topic,
+            "messaging.destination.partition.id": str(record.partition),
+            "messaging.kafka.offset": record.offset,
+            "messaging.consumer.group.name": self._settings.group_id,
+        }
+        with self._tracer.start_as_current_span(
+            f"{record.topic} process",
+            context=tracing.extract(headers),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+        ) as span:
+            outcome = await self._decide(record, span)
+            span.set_attribute("guardq.outcome", outcome.value)
+            self._metrics.outcomes.labels(outcome.value).inc()
+            return outcome
+
+    async def _decide(self, record: ConsumerRecord, span: Span) -> Outcome:
+        started = time.monotonic()
+        try:
+            if isinstance(record, Undecodable):
+                raise UndecodableRecord(_undecodable_message(record))
+            check_headers(record.headers or ())
+            request = parse_request(record.value, self._settings.max_text_chars)
+        except (InvalidInput, UndecodableRecord) as exc:
+            log.warning("dead-lettering %s/%d@%d: %s", record.topic, record.partition, record.offset, exc)
+            await self._dead_letter(record, span, exc, attempts=0)
+            return Outcome.DEAD_LETTERED
+        span.set_attribute("messaging.message.id", request.id)
+        try:
+            return await self._moderate(record, request, span, started)
+        except GuardqError as exc:
+            if exc.fatal:
+                raise
+            error: GuardqError = exc
+        except Exception as exc:
+            if is_infrastructure(exc):
+                raise
+            log.exception("internal error on id=%s; dead-lettering it", request.id)
+            error = InternalError(one_line(f"{type(exc).__name__}: {exc}"))
+        attempts = self._schedule.carried_attempts(record)
+        await self._dead_letter(record, span, error, attempts=attempts, message_id=request.id)
+        return Outcome.DEAD_LETTERED
+
+    async def _moderate(
+        self, record: ConsumerRecord, request: ModerationRequest, span: Span, started: float
+    ) -> Outcome:
+        # `guardq dlq replay --force`: moderate again and overwrite, if Redis holds the replay's token.
+        forcing = force_token(record.headers or ())
+        lease = await self._wait_for_lease(request, force_token=forcing)
+        if isinstance(lease, bytes):
+            await self._publish(request.id, lease, span)
+            return Outcome.DUPLICATE
+        carried = self._schedule.carried_attempts(record)  # guard calls of earlier retry hops
+        stored: bytes | None = None
+        done = self._moderating[request.id] = asyncio.Event()
+        try:
+            with self._leases.holding(lease):
+                try:
+                    # A forced replay judges every chunk afresh, once: its retry hops reuse what it judged.
+                    fresh = forcing is not None and self._schedule.hops_taken(record) == 0
+                    answer = await self._caller.answer(request.id, request.guard_request(), fresh=fresh)
+                except GuardCallFailed as failed:
+                    attempts = carried + failed.attempts
+                    return await self._on_guard_failure(record, span, failed, attempts, request.id)
+                document = self._verdict(request, answer, span, carried, started).to_json()
+                stored = await self._store_verdict(lease, document, force_token=forcing)
+        finally:
+            if stored is None:  # no verdict stored: free the id for the next delivery at once
+                await self._release_quietly(lease)
+            if self._moderating.get(request.id) is done:
+                del self._moderating[request.id]
+            done.set()
+        await self._publish(request.id, stored, span)
+        self._metrics.verdicts.labels(answer.verdict.label).inc()
+        log.debug("verdict id=%s label=%s", request.id, answer.verdict.label)
+        return Outcome.MODERATED
+
+    async def _on_guard_failure(
+        self, record: ConsumerRecord, span: Span, failed: GuardCallFailed, attempts: int, message_id: str
+    ) -> Outcome:
+        """Failed for good in process: fatal → raise; transient → the next retry topic while the schedule
+        has one; otherwise (permanent, or the schedule is used up) → dead letter."""
+        if failed.error.fatal:
+            raise failed.error from failed
+        hop = self._schedule.next_hop(record) if failed.exhausted else None
+        if hop is not None and await self._retry_later(record, span, failed, attempts, hop):
+            return Outcome.RETRY_SCHEDULED
+        log.warning("dead-lettering %s after %d attempt(s): %s", _where(record), attempts, failed.error)
+        await self._dead_letter(record, span, failed.error, attempts=attempts, message_id=message_id)
+        return Outcome.DEAD_LETTERED
+
+    async def _retry_later(
+        self, record: ConsumerRecord, span: Span, failed: GuardCallFailed, attempts: int, hop: Hop
+    ) -> bool:
+        """Send the record to ``hop``'s retry topic; False when the broker will not take it (too large
+        with the retry headers): it is dead-lettered instead."""
+        log.info(
+            "retrying %s in %g s via %s after %d attempt(s): %s",
+            _where(record),
+            hop.delay_s,
+            hop.topic,
+            attempts,
+            failed.error,
+        )
+
+        async def send() -> None:
+            carried = await self._believed_headers(record)
+            await self._outbox.retry_later(
+                record, span, failed.error, attempts=attempts, hop=hop, carried=carried
+            )
+
+        try:
+            await until_available(send, what=f"sending {_where(record)} to {hop.topic}")
+        except TOO_LARGE as exc:
+            log.warning("%s cannot go to %s (%s)", _where(record), hop.topic, type(exc).__name__)
+            return False
+        self._metrics.retry_hops.labels(hop.topic).inc()
+        span.set_attribute("guardq.retry.hop", hop.number)
+        return True
+
+    async def _store_verdict(self, lease: Lease, document: bytes, *, force_token: str | None) -> bytes:
+        """Store the verdict, waiting out a Redis outage here rather than calling the guard again.
+        Returns what is stored: ours, or the verdict of a worker that took over a lost lease first."""
+        with self._tracer.start_as_current_span("redis store", kind=SpanKind.CLIENT) as span:
+            span.set_attribute("db.system.name", "redis")
+            return await until_available(
+                functools.partial(self._store.save, lease, document, force_token=force_token),
+                what=f"storing the verdict of id={lease.message_id}",
+            )
+
+    async def _release_quietly(self, lease: Lease) -> None:
+        """Drop a lease; if Redis is down it expires by itself, and a cancellation must stay one."""
+        try:
+            await asyncio.shield(self._store.release(lease))
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "could not release the lease of id=%s (%s); it expires by itself", lease.message_id, exc
+            )
+
+    async def _wait_for_lease(self, request: ModerationRequest, *, force_token: str | None) -> Lease | bytes:
+        """Take the in-flight lease, or return the stored verdict (ignored for a standing force token).
+        Waits while another delivery of the same content holds the lease: one of this process on its
+        completion, one elsewhere by polling. Raises ``IdConflict`` when the id's verdict or lease is for
+        other content."""
+        poll_s = LEASE_POLL_MIN_S
+        while True:
+            claim, lease = await self._store.claim(
+                request.id, request.content_sha256, force_token=force_token
+            )
+            if claim.state is ClaimState.ACQUIRED and lease is not None:
+                return lease
+            if claim.state is ClaimState.VERDICT and claim.verdict is not None:
+                return claim.verdict
+            if claim.state is ClaimState.CONFLICT:
+                raise IdConflict("the id has a verdict, or a moderation in flight, for other content")
+            # Busy: another delivery is moderating this content. Re-check once it is done here, or after a
+            # short, growing pause, never past the moment its lease would expire.
+            wait_s = min(poll_s, max(claim.lease_ttl_ms / 1000, 0.01))
+            local = self._moderating.get(request.id)
+            if local is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(local.wait(), timeout=max(wait_s, self._store.lease_ttl_s))
+                continue
+            await asyncio.sleep(wait_s)
+            poll_s = min(poll_s * 2, LEASE_POLL_MAX_S)
+
+    def _verdict(
+        self, request: ModerationRequest, answer: Answer, span: Span, carried: int, started: float
+    ) -> Verdict:
+        verdict = answer.verdict
+        return Verdict(
+            content_sha256=request.content_sha256,
+            id=request.id,
+            label=verdict.label,
+            categories=list(verdict.categories),
+            refusal=verdict.refusal if request.kind == "response" else None,
+            model=verdict.model,
+            trace_id=tracing.trace_id_hex(span),
+            attempts=carried + answer.attempts,
+            chunks=answer.chunks,
+            latency_ms=round((time.monotonic() - started) * 1000, 3),
+            processed_at=utc_now_rfc3339(),
+            metadata=request.metadata,
+        )
+
+    async def _publish(self, message_id: str, document: bytes, span: Span) -> None:
+        await self._outbox.publish_verdict(message_id, document, tracing.trace_id_hex(span))
+
+    async def _dead_letter(
+        self,
+        record: ConsumerRecord,
+        span: Span,
+        error: GuardqError,
+        *,
+        attempts: int,
+        message_id: str | None = None,
+    ) -> None:
+        """Dead-letter the record (waiting out a broker outage in place); a forced replay that ends here
+        gives up its authorisation, so a later delivery of it overwrites nothing."""
+
+        async def write() -> str | None:
+            carried = await self._believed_headers(record)
+            return await self._outbox.dead_letter(record, span, error, attempts=attempts, carried=carried)
+
+        reason = await until_available(write, what=f"dead-lettering {_where(record)}")
+        span.set_attribute("guardq.error.reason", error.reason if reason is None else reason)
+        if reason is not None:
+            self._metrics.dead_letters.labels(reason).inc()
+        token = force_token(record.headers or ())
+        if token is not None and message_id is not None:
+            await until_available(
+                functools.partial(self._store.drop_force, message_id, token),
+                what=f"withdrawing the forced replay of id={message_id}",
+            )
+
+    async def _believed_headers(self, record: ConsumerRecord) -> list[tuple[str, bytes]]:
+        """The record's headers when its ``guardq.*`` ones were written by guardq (a retry topic's record,
+        or a replay whose token Redis holds for this record's key); else none: a producer's own
+        ``guardq.*`` headers never reach a dead letter's envelope."""
+        headers = list(record.headers or ())
+        if self._schedule.hops_taken(record) > 0:
+            return headers
+        token = replay_token(headers)
+        if token is not None and await self._store.replay_origin(token) == (record.key or b""):
+            return headers
+        return []
+
+
+def _where(record: ConsumerRecord) -> str:
+    return f"{record.topic}/{record.partition}@{record.offset}"
+
+
+def _undecodable_message(record: Undecodable) -> str:
+    if record.last_offset > record.offset:
+        return f"offsets {record.offset}..{record.last_offset}: {record.problem}"
+    return record.problem
