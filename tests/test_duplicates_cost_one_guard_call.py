@@ -17,6 +17,7 @@ from tests.helpers import (
     wait_for_verdicts,
     wait_until,
 )
+from worker.store.keys import RedisKeys
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +59,7 @@ async def test_redelivered_message_republishes_stored_verdict_without_guard_call
     assert await guard_sim.calls_for("first delivery") == 1
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
-        ttl = await client.ttl(f"{settings.redis_prefix}verdict:again")
+        ttl = await client.ttl(RedisKeys(settings.redis_prefix).verdict("again"))
     finally:
         await client.aclose()
     assert 0 < ttl <= settings.verdict_ttl_s

@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, collect, publish, running_worker, wait_until
+from worker.store.keys import RedisKeys
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +26,7 @@ async def test_worker_that_lost_its_lease_publishes_the_verdict_stored_first(
     await guard_sim.configure(latency_ms=1500)
     settings = make_settings()
     client = aioredis.Redis.from_url(settings.redis_url)
-    lease_key = f"{settings.redis_prefix}lease:contested"
+    lease_key = RedisKeys(settings.redis_prefix).lease("contested")
     try:
         async with running_worker(settings):
             await publish(settings, [{"id": "contested", "text": "a harmless text"}])
@@ -36,9 +37,9 @@ async def test_worker_that_lost_its_lease_publishes_the_verdict_stored_first(
             await wait_until(leased, timeout_s=15, what="the worker to take the lease")
             # While its guard call runs, the lease is lost and another worker stores a verdict first.
             await client.delete(lease_key)
-            await client.set(f"{settings.redis_prefix}verdict:contested", OTHER)
+            await client.set(RedisKeys(settings.redis_prefix).verdict("contested"), OTHER)
             records = await collect(settings, settings.verdict_topic, count=1, timeout_s=20)
-        stored = await client.get(f"{settings.redis_prefix}verdict:contested")
+        stored = await client.get(RedisKeys(settings.redis_prefix).verdict("contested"))
     finally:
         await client.aclose()
     assert stored is not None and stored.decode() == OTHER

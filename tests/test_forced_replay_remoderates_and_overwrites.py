@@ -22,6 +22,7 @@ from worker.failures.envelope import H_FORCE, H_REPLAY_TOKEN, H_REPLAYED_FROM, D
 from worker.failures.listing import Filter
 from worker.failures.replay import ReplayOptions, replay
 from worker.kafka import clients as kafka
+from worker.store.keys import RedisKeys
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +53,7 @@ async def test_forced_replay_remoderates_once_and_a_forged_force_header_does_not
         assert await guard_sim.calls_for(ORIGINAL) == 2
         client = aioredis.Redis.from_url(settings.redis_url)
         try:
-            assert await client.exists(f"{settings.redis_prefix}force:f1") == 0  # used up
+            assert await client.exists(RedisKeys(settings.redis_prefix).force("f1")) == 0  # used up
         finally:
             await client.aclose()
 

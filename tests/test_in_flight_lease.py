@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, collect, publish, running_worker, wait_for_verdicts, wait_until
+from worker.store.keys import RedisKeys
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +22,7 @@ async def test_expired_lease_of_a_dead_holder_is_taken_over(
     try:
         async with running_worker(settings):
             # A holder that died 2 s before its lease expires.
-            await client.set(f"{settings.redis_prefix}lease:orphan", "dead-worker", px=2000)
+            await client.set(RedisKeys(settings.redis_prefix).lease("orphan"), "dead-worker", px=2000)
             started = time.monotonic()
             await publish(
                 settings, [{"id": "orphan", "text": "orphaned text"}, {"id": "other", "text": "other"}]
@@ -49,7 +50,7 @@ async def test_verdict_stored_by_the_lease_holder_is_republished_without_a_guard
         '"processed_at":"2026-11-23T12:00:00.000Z","metadata":{}}'
     )
     try:
-        await client.set(f"{settings.redis_prefix}lease:held", "live-worker", px=20000)
+        await client.set(RedisKeys(settings.redis_prefix).lease("held"), "live-worker", px=20000)
         async with running_worker(settings) as worker:
             await publish(settings, [{"id": "held", "text": "held text"}])
 
@@ -58,7 +59,7 @@ async def test_verdict_stored_by_the_lease_holder_is_republished_without_a_guard
 
             await wait_until(dispatched, timeout_s=15, what="the delivery to be dispatched")
             assert worker.fetch_loop is not None and worker.fetch_loop.stats.done == 0  # waiting on the lease
-            await client.set(f"{settings.redis_prefix}verdict:held", verdict)
+            await client.set(RedisKeys(settings.redis_prefix).verdict("held"), verdict)
             records = await collect(settings, settings.verdict_topic, count=1, timeout_s=15)
     finally:
         await client.aclose()

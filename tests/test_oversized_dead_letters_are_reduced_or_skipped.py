@@ -11,8 +11,8 @@ from aiokafka import AIOKafkaProducer
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, collect, running_worker, wait_for_verdicts
 from worker.config.settings import Settings
-from worker.failures.envelope import DeadLetterEnvelope
-from worker.failures.outbox import H_HEADERS_DROPPED, H_VALUE_TRUNCATED_FROM, TRUNCATED_VALUE_BYTES
+from worker.failures.envelope import H_HEADERS_DROPPED, H_VALUE_TRUNCATED_FROM, DeadLetterEnvelope
+from worker.failures.outbox import TRUNCATED_VALUE_BYTES
 
 pytestmark = pytest.mark.integration
 

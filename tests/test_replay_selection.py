@@ -19,14 +19,15 @@ from worker.failures.envelope import (
     H_REPLAY_TOKEN,
     H_REPLAYED_FROM,
     H_TRACEPARENT,
+    H_VALUE_TRUNCATED_FROM,
     DeadLetterEnvelope,
     force_token,
     is_forced,
+    replay_headers,
 )
 from worker.failures.listing import DeadLetter, Filter
-from worker.failures.outbox import H_VALUE_TRUNCATED_FROM
 from worker.failures.pacing import Pacer, Progress, parse_rate
-from worker.failures.replay import ReplayOptions, Skip, Summary, plan, replay_headers
+from worker.failures.replay import ReplayOptions, Skip, Summary, plan
 
 DLQ = "t.dlq"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -174,7 +175,9 @@ def test_filters_select_by_reason_error_class_id_and_first_failure_time() -> Non
 def test_a_replayed_record_carries_the_original_headers_and_trace_and_a_fresh_retry_budget() -> None:
     chosen = letter("a", 7, partition=3, replay_count=1, extra_headers=((("guardq.retry.hop", b"2")),))
     assert chosen.envelope is not None
-    headers = replay_headers(chosen, chosen.envelope, force=False, token="tok1")
+    headers = replay_headers(
+        chosen.headers, chosen.envelope, replayed_from=chosen.coordinates, force=False, token="tok1"
+    )
     by_name = dict(headers)
     assert headers[0] == ("tenant", b"acme")  # the producer's own header comes first, unchanged
     assert by_name[H_TRACEPARENT] == TRACEPARENT.encode()
@@ -192,7 +195,9 @@ def test_a_replayed_record_carries_the_original_headers_and_trace_and_a_fresh_re
     assert [name for name, _ in headers].count(H_TRACEPARENT) == 1
     assert not is_forced(headers)
 
-    forced = replay_headers(chosen, chosen.envelope, force=True, token="tok2")
+    forced = replay_headers(
+        chosen.headers, chosen.envelope, replayed_from=chosen.coordinates, force=True, token="tok2"
+    )
     assert dict(forced)[H_FORCE] == b"1"
     assert is_forced(forced)
     assert force_token(forced) == "tok2"

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, publish, spawn_worker, stored_verdicts, wait_for_verdicts, wait_until
+from worker.store.keys import RedisKeys
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,10 @@ async def test_worker_sigkilled_mid_stream_loses_nothing_and_repeats_only_in_fli
     # The dead worker's leases (still alive for their short TTL) name exactly what was in flight.
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
-        lease_keys = [key.decode() async for key in client.scan_iter(match=f"{settings.redis_prefix}lease:*")]
+        lease_keys = [
+            key.decode()
+            async for key in client.scan_iter(match=RedisKeys(settings.redis_prefix).lease_pattern())
+        ]
     finally:
         await client.aclose()
     in_flight = {key.rsplit(":", 1)[1] for key in lease_keys}

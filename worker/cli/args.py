@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import NoReturn
 
 from worker.config.settings import SPECS, Settings, overrides_from
+from worker.core.times import parse_rfc3339
 
 CONNECTION_FIELDS = {
     "kafka_bootstrap",
@@ -45,12 +46,11 @@ class OneLineParser(argparse.ArgumentParser):
 
 def rfc3339_time(raw: str) -> datetime:
     try:
-        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        return parse_rfc3339(raw)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{raw!r} is not an RFC 3339 time like 2026-11-23T13:00:00Z"
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def dlq_reason(raw: str) -> str:

@@ -15,6 +15,8 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError
 from redis.exceptions import DataError as RedisDataError
 from redis.exceptions import RedisError, ResponseError
 
+from worker.core.reasons import Reason
+
 MESSAGE_LIMIT = 500
 
 
@@ -29,7 +31,8 @@ class GuardqError(Exception):
 
     retriable: bool = False
     fatal: bool = False
-    reason: str = "internal_error"
+    # The reason a message failing with this error is dead-lettered with.
+    reason: Reason = Reason.INTERNAL_ERROR
     # For retriable errors: whether exhausting the in-process attempts sends the message through the retry
     # topics, and how many in-process attempts this kind of failure gets at most (None: the policy's own).
     reschedule: bool = True
@@ -41,13 +44,13 @@ class GuardqError(Exception):
 class InternalError(GuardqError):
     """guardq itself failed on one message (a bug): it is dead-lettered so the partition moves on."""
 
-    reason = "internal_error"
+    reason = Reason.INTERNAL_ERROR
 
 
 class GuardError(GuardqError):
     """A guard call failed; ``status`` is the HTTP status when there was a response."""
 
-    reason = "guard_error"
+    reason = Reason.GUARD_ERROR
 
     def __init__(self, message: str, *, status: int | None = None, retry_after_s: float | None = None):
         super().__init__(message)
@@ -60,7 +63,7 @@ class GuardUnavailable(GuardError):
 
     retriable = True
     guard_down = True
-    reason = "guard_unavailable"
+    reason = Reason.RETRIES_EXHAUSTED  # once the in-process attempts and the retry topics are spent
 
 
 class GuardTimeout(GuardError):
@@ -68,7 +71,7 @@ class GuardTimeout(GuardError):
 
     retriable = True
     guard_down = True
-    reason = "guard_timeout"
+    reason = Reason.RETRIES_EXHAUSTED  # once the in-process attempts and the retry topics are spent
 
 
 class GuardBadReply(GuardError):
@@ -79,45 +82,45 @@ class GuardBadReply(GuardError):
     retriable = True
     reschedule = False
     max_attempts = 2
-    reason = "guard_bad_reply"
+    reason = Reason.GUARD_BAD_REPLY
 
 
 class GuardRejected(GuardError):
     """The guard refused this input (400 other than context length, 413, 422)."""
 
-    reason = "guard_rejected"
+    reason = Reason.GUARD_REJECTED
 
 
 class GuardContextOverflow(GuardRejected):
     """The text does not fit the model's context window (vLLM 400 "maximum context length")."""
 
-    reason = "context_length"
+    reason = Reason.CONTEXT_LENGTH
 
 
 class GuardConfigError(GuardError):
     """401/403 or an unknown model: the worker is misconfigured, not the message."""
 
     fatal = True
-    reason = "guard_config"
+    reason = Reason.GUARD_ERROR  # never dead-lettered: a fatal error stops the worker
 
 
 class UndecodableRecord(GuardqError):
     """A fetched record (or batch) that could not be decoded: unknown codec, bad CRC, a header name that
     is not UTF-8, an inflation past the cap. Dead-lettered with what could be read."""
 
-    reason = "undecodable"
+    reason = Reason.UNDECODABLE
 
 
 class IdConflict(GuardqError):
     """The message's id already has a verdict (or a moderation in flight) for other content."""
 
-    reason = "id_conflict"
+    reason = Reason.ID_CONFLICT
 
 
 class InvalidInput(GuardqError):
-    """An input message that can never be moderated; ``reason`` is one code of ``dlq.REASONS``."""
+    """An input message that can never be moderated, and why."""
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: Reason, message: str):
         super().__init__(message)
         self.reason = reason
 

@@ -11,12 +11,12 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, cast
 
 from worker.core.errors import InvalidInput
 from worker.core.guard_types import GuardRequest, Kind, Label
+from worker.core.reasons import Reason
 
 MAX_ID_CHARS = 512
 # Headers ride along into dead letters and every record costs memory for each of them: a record over
@@ -36,28 +36,30 @@ def _check_encodable(value: Any) -> None:
     try:
         json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InvalidInput("invalid_utf8", f"string with a lone surrogate at position {exc.start}") from None
+        raise InvalidInput(
+            Reason.INVALID_UTF8, f"string with a lone surrogate at position {exc.start}"
+        ) from None
     except ValueError:
         # A number like 1e400 parses to infinity, which cannot be echoed as standard JSON.
-        raise InvalidInput("invalid_json", "a number is out of range (overflows to infinity)") from None
+        raise InvalidInput(Reason.INVALID_JSON, "a number is out of range (overflows to infinity)") from None
     except RecursionError:
-        raise InvalidInput("invalid_json", "nested too deeply") from None
+        raise InvalidInput(Reason.INVALID_JSON, "nested too deeply") from None
 
 
 def decode_json_object(value: bytes | None) -> dict[str, Any]:
     """Decode a record value as a strict UTF-8 JSON object, or raise ``InvalidInput``."""
     if value is None:
-        raise InvalidInput("invalid_json", "record has no value (tombstone)")
+        raise InvalidInput(Reason.INVALID_JSON, "record has no value (tombstone)")
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidInput("invalid_utf8", f"invalid UTF-8 at byte {exc.start}") from None
+        raise InvalidInput(Reason.INVALID_UTF8, f"invalid UTF-8 at byte {exc.start}") from None
     try:
         document = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
-        raise InvalidInput("invalid_json", f"not JSON: {str(exc)[:200]}") from None
+        raise InvalidInput(Reason.INVALID_JSON, f"not JSON: {str(exc)[:200]}") from None
     if not isinstance(document, dict):
-        raise InvalidInput("wrong_type", f"value is a JSON {type(document).__name__}, not an object")
+        raise InvalidInput(Reason.WRONG_TYPE, f"value is a JSON {type(document).__name__}, not an object")
     _check_encodable(document)
     return document
 
@@ -66,10 +68,10 @@ def _string_field(document: dict[str, Any], name: str, *, required: bool) -> str
     value = document.get(name)
     if value is None:
         if required:
-            raise InvalidInput("missing_field", f"field '{name}' is missing")
+            raise InvalidInput(Reason.MISSING_FIELD, f"field '{name}' is missing")
         return None
     if not isinstance(value, str):
-        raise InvalidInput("wrong_type", f"field '{name}' must be a string, got {type(value).__name__}")
+        raise InvalidInput(Reason.WRONG_TYPE, f"field '{name}' must be a string, got {type(value).__name__}")
     return value
 
 
@@ -103,9 +105,9 @@ def _parse_id(document: dict[str, Any]) -> str:
     message_id = _string_field(document, "id", required=True)
     assert message_id is not None
     if not message_id.strip():
-        raise InvalidInput("missing_field", "field 'id' is empty")
+        raise InvalidInput(Reason.MISSING_FIELD, "field 'id' is empty")
     if len(message_id) > MAX_ID_CHARS:
-        raise InvalidInput("invalid_value", f"field 'id' is longer than {MAX_ID_CHARS} characters")
+        raise InvalidInput(Reason.INVALID_VALUE, f"field 'id' is longer than {MAX_ID_CHARS} characters")
     return message_id
 
 
@@ -114,7 +116,9 @@ def _parse_kind(document: dict[str, Any]) -> Kind:
     if kind is None:
         return "prompt"
     if kind not in ("prompt", "response"):
-        raise InvalidInput("invalid_value", f"field 'kind' must be 'prompt' or 'response', got {kind[:40]!r}")
+        raise InvalidInput(
+            Reason.INVALID_VALUE, f"field 'kind' must be 'prompt' or 'response', got {kind[:40]!r}"
+        )
     return cast(Kind, kind)
 
 
@@ -127,22 +131,26 @@ def parse_request(value: bytes | None, max_text_chars: int) -> ModerationRequest
     kind = _parse_kind(document)
     prompt = _string_field(document, "prompt", required=True) if kind == "response" else None
     if prompt is not None and not prompt.strip():
-        raise InvalidInput("missing_field", "field 'prompt' is empty (required when kind=response)")
+        raise InvalidInput(Reason.MISSING_FIELD, "field 'prompt' is empty (required when kind=response)")
     metadata = document.get("metadata", {})
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, dict):
-        raise InvalidInput("wrong_type", f"field 'metadata' must be an object, got {type(metadata).__name__}")
+        raise InvalidInput(
+            Reason.WRONG_TYPE, f"field 'metadata' must be an object, got {type(metadata).__name__}"
+        )
     metadata_bytes = len(json.dumps(metadata, ensure_ascii=False).encode("utf-8"))
     if metadata_bytes > MAX_METADATA_BYTES:
         raise InvalidInput(
-            "too_large", f"metadata has {metadata_bytes} bytes, over the limit of {MAX_METADATA_BYTES}"
+            Reason.TOO_LARGE, f"metadata has {metadata_bytes} bytes, over the limit of {MAX_METADATA_BYTES}"
         )
     if not text.strip():
-        raise InvalidInput("empty_text", "field 'text' is empty")
+        raise InvalidInput(Reason.EMPTY_TEXT, "field 'text' is empty")
     longest = max(len(text), len(prompt or ""))
     if longest > max_text_chars:
-        raise InvalidInput("too_large", f"text has {longest} characters, over the limit of {max_text_chars}")
+        raise InvalidInput(
+            Reason.TOO_LARGE, f"text has {longest} characters, over the limit of {max_text_chars}"
+        )
     return ModerationRequest(id=message_id, text=text, kind=kind, prompt=prompt, metadata=metadata)
 
 
@@ -154,22 +162,14 @@ def header_bytes(headers: Sequence[tuple[str, bytes | None]]) -> int:
 def check_headers(headers: Sequence[tuple[str, bytes | None]]) -> None:
     """Raise ``InvalidInput`` (too_large) when a record has more headers, or header bytes, than allowed."""
     if len(headers) > MAX_HEADERS:
-        raise InvalidInput("too_large", f"record has {len(headers)} headers, over the limit of {MAX_HEADERS}")
+        raise InvalidInput(
+            Reason.TOO_LARGE, f"record has {len(headers)} headers, over the limit of {MAX_HEADERS}"
+        )
     size = header_bytes(headers)
     if size > MAX_HEADER_BYTES:
         raise InvalidInput(
-            "too_large", f"record has {size} bytes of headers, over the limit of {MAX_HEADER_BYTES}"
+            Reason.TOO_LARGE, f"record has {size} bytes of headers, over the limit of {MAX_HEADER_BYTES}"
         )
-
-
-def utc_now_rfc3339() -> str:
-    """The current time as RFC 3339 UTC with milliseconds, e.g. ``2026-11-23T13:37:00.123Z``."""
-    return format_rfc3339(datetime.now(UTC))
-
-
-def format_rfc3339(moment: datetime) -> str:
-    """Format an aware datetime as RFC 3339 UTC with milliseconds."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

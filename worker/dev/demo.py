@@ -23,6 +23,7 @@ from typing import Any
 from worker.app import Worker
 from worker.config.settings import Settings
 from worker.dev import stack
+from worker.failures.envelope import H_ERROR_REASON
 from worker.guard.local import check_local_installed
 from worker.kafka.publish import BadLine, Publisher, read_jsonl
 from worker.kafka.reading import records
@@ -173,7 +174,7 @@ async def _watch_verdicts(settings: Settings, tally: Tally) -> None:
 async def _watch_dead_letters(settings: Settings, tally: Tally) -> None:
     async for record in records(settings, settings.dlq_topic, from_beginning=True, timeout_s=DEADLINE_S):
         headers = dict(record.headers)
-        tally.dead_reasons[headers.get("guardq.error.reason", b"?").decode()] += 1
+        tally.dead_reasons[headers.get(H_ERROR_REASON, b"?").decode()] += 1
         tally.result_arrived()
 
 

@@ -10,29 +10,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
 from worker.core.errors import GuardqError, one_line
+from worker.core.reasons import Reason
+from worker.core.times import parse_rfc3339, utc_now_rfc3339
 
-# Closed, documented set of reasons (README "Dead-letter reasons" repeats it for users).
-REASONS: dict[str, str] = {
-    "invalid_json": "the value is not JSON (or has no value at all)",
-    "invalid_utf8": "the value, or a string inside it, is not valid UTF-8",
-    "missing_field": "a required field (id, text, prompt for kind=response) is missing or empty",
-    "wrong_type": "a field, or the value itself, has the wrong JSON type",
-    "invalid_value": "a field has a value outside its allowed set (kind, id length)",
-    "empty_text": "text is empty or only white space",
-    "too_large": "text or prompt is longer than GUARDQ_MAX_TEXT_CHARS, or metadata is over 64 KiB",
-    "guard_rejected": "the guard refused the input as sent (HTTP 400/413/422)",
-    "context_length": "the text does not fit the guard model's context window",
-    "retries_exhausted": "transient guard failures outlasted the retry budget",
-    "guard_bad_reply": "the guard answered twice with something that is not a verdict",
-    "guard_error": "the guard failed in a way guardq does not classify (see guardq.error.message)",
-    "undecodable": "the record (or its whole batch) could not be decoded: codec, CRC, header bytes, size",
-    "id_conflict": "the id already has a verdict, or a moderation in flight, for other content",
-    "internal_error": "guardq failed on this message unexpectedly (a bug; please report it with the headers)",
-}
+# The reasons by code, with what each means (``core.reasons.Reason`` declares them).
+REASONS: dict[str, str] = {reason.value: reason.description for reason in Reason}
 
 HISTORY_LIMIT = 10
 
@@ -57,6 +42,14 @@ H_REPLAYED_FROM = _P + "replayed_from"  # "<dlq partition>:<offset>" of the dead
 # A random token per republished record, registered in Redis by `guardq dlq replay` (worker.replay_store).
 H_REPLAY_TOKEN = _P + "replay.token"
 H_TRACEPARENT = "traceparent"
+# Markers of a dead letter the broker refused whole (``failures.outbox`` writes the smaller forms).
+H_VALUE_TRUNCATED_FROM = _P + "value_truncated_from"  # the value's size before it was cut
+H_HEADERS_DROPPED = _P + "headers_dropped"  # how many of the original record's headers were left out
+# Kafka clients refuse a record with neither key nor value (a keyless tombstone, an undecodable batch):
+# its dead letter carries an empty value and this marker instead.
+H_VALUE_ABSENT = _P + "value_absent"
+# guardq headers a retry hop carries on unchanged (the envelope rewrites the others).
+KEPT_ON_RETRY = (H_FORCE, H_REPLAYED_FROM, H_REPLAY_TOKEN)
 
 Headers = list[tuple[str, bytes]]
 
@@ -104,9 +97,7 @@ class DeadLetterEnvelope:
         """The envelope for a record that failed now. Coordinates and counters already carried by the
         record's headers (a retry hop or a replay) are kept; otherwise the record's own are used."""
         carried = _carried_state(incoming)
-        reason = error.reason if error.reason in REASONS else "retries_exhausted"
-        if error.retriable and error.reschedule:
-            reason = "retries_exhausted"
+        reason = error.reason
         return cls(
             original_topic=carried.get(H_TOPIC, record_topic),
             original_partition=_int_or(carried.get(H_PARTITION), record_partition),
@@ -195,7 +186,7 @@ class DeadLetterEnvelope:
 def format_history_entry(error: GuardqError, attempts: int, topic: str) -> dict[str, Any]:
     """One bounded history entry describing a failure."""
     return {
-        "at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "at": utc_now_rfc3339(),
         "topic": topic,
         "attempts": attempts,
         "error_class": type(error).__name__,
@@ -235,6 +226,56 @@ def carried_headers(headers: Sequence[tuple[str, bytes]], *, keep: Sequence[str]
     """The original record's own headers that a dead letter or retry hop keeps (guardq's and traceparent
     are rewritten), plus those of guardq's named in ``keep``."""
     return [(k, v) for k, v in headers if (not k.startswith(_P) or k in keep) and k != H_TRACEPARENT]
+
+
+def retry_hop_headers(original: Sequence[tuple[str, bytes]], envelope: DeadLetterEnvelope) -> Headers:
+    """The headers of a retry hop: the record's own, the replay state it keeps, and the envelope."""
+    return carried_headers(original, keep=KEPT_ON_RETRY) + envelope.to_headers()
+
+
+def replay_headers(
+    original: Sequence[tuple[str, bytes]],
+    envelope: DeadLetterEnvelope,
+    *,
+    replayed_from: str,
+    force: bool,
+    token: str,
+) -> Headers:
+    """The headers of a dead letter republished by `guardq dlq replay`: the record's own, where it came
+    from, its history (bounded), one more replay, the replay token, the force flag and the trace."""
+    pairs = [
+        (H_TOPIC, envelope.original_topic),
+        (H_PARTITION, str(envelope.original_partition)),
+        (H_OFFSET, str(envelope.original_offset)),
+        (H_TIMESTAMP, envelope.original_timestamp),
+        (H_FIRST_FAILED_AT, envelope.first_failed_at),
+        (H_HISTORY, json.dumps(list(envelope.history[-HISTORY_LIMIT:]), separators=(",", ":"))),
+        (H_REPLAY_COUNT, str(envelope.replay_count + 1)),
+        (H_REPLAYED_FROM, replayed_from),
+        (H_REPLAY_TOKEN, token),
+    ]
+    if force:
+        pairs.append((H_FORCE, "1"))
+    if envelope.traceparent:
+        pairs.append((H_TRACEPARENT, envelope.traceparent))
+    return carried_headers(original) + [(name, value.encode("utf-8")) for name, value in pairs]
+
+
+def retry_due_epoch_s(headers: Sequence[tuple[str, bytes]]) -> float | None:
+    """When a retry-topic record is due (``guardq.retry.due_at``), in epoch seconds; None when the
+    header is absent or not an RFC 3339 time."""
+    for name, value in headers:
+        if name == H_RETRY_DUE_AT:
+            try:
+                return parse_rfc3339(value.decode("ascii")).timestamp()
+            except (ValueError, UnicodeDecodeError, AttributeError):
+                return None
+    return None
+
+
+def was_value_truncated(headers: Sequence[tuple[str, bytes]]) -> bool:
+    """Whether a dead letter holds only a prefix of its record's value."""
+    return any(name == H_VALUE_TRUNCATED_FROM for name, _ in headers)
 
 
 def carried_number(headers: Sequence[tuple[str, bytes]], name: str) -> int:

@@ -12,12 +12,13 @@ import json
 import unicodedata
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from worker.config.settings import Settings
+from worker.core.times import parse_rfc3339
 from worker.failures.envelope import DeadLetterEnvelope
 from worker.kafka import clients as kafka
 from worker.kafka.reading import assign_all
@@ -107,10 +108,9 @@ async def read_all(settings: Settings) -> list[DeadLetter]:
 def _parse_time(raw: str) -> datetime | None:
     """An RFC 3339 time (UTC assumed when it has no offset), or None when it is not one."""
     try:
-        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        return parse_rfc3339(raw)
     except ValueError:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def select(

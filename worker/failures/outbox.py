@@ -27,16 +27,18 @@ from aiokafka.structs import ConsumerRecord
 from opentelemetry.trace import Span, SpanKind, Tracer
 
 from worker.core.errors import GuardqError, is_infrastructure
-from worker.core.messages import MAX_HEADER_BYTES, MAX_HEADERS, format_rfc3339, header_bytes, utc_now_rfc3339
+from worker.core.messages import MAX_HEADER_BYTES, MAX_HEADERS, header_bytes
+from worker.core.times import format_rfc3339, utc_now_rfc3339
 from worker.failures.envelope import (
-    H_FORCE,
+    H_HEADERS_DROPPED,
     H_HISTORY,
-    H_REPLAY_TOKEN,
-    H_REPLAYED_FROM,
+    H_VALUE_ABSENT,
+    H_VALUE_TRUNCATED_FROM,
     DeadLetterEnvelope,
     Headers,
     carried_headers,
     format_history_entry,
+    retry_hop_headers,
 )
 from worker.failures.schedule import Hop
 from worker.telemetry import tracing
@@ -50,13 +52,6 @@ TOO_LARGE: Final = (MessageSizeTooLargeError, RecordListTooLargeError, RecordToo
 TRUNCATED_VALUE_BYTES = 256 * 1024
 SMALLEST_VALUE_BYTES = 1024
 SMALLEST_KEY_BYTES = 512
-H_VALUE_TRUNCATED_FROM = "guardq.value_truncated_from"
-H_HEADERS_DROPPED = "guardq.headers_dropped"  # how many of the original record's headers were left out
-# Kafka clients refuse a record with neither key nor value (a keyless tombstone, an undecodable batch):
-# its dead letter carries an empty value and this marker instead.
-H_VALUE_ABSENT = "guardq.value_absent"
-# guardq headers a retry hop carries on unchanged (the envelope rewrites the others).
-KEPT_ON_RETRY = (H_FORCE, H_REPLAYED_FROM, H_REPLAY_TOKEN)
 
 
 @dataclass(frozen=True)
@@ -194,7 +189,7 @@ class Outbox:
         envelope = replace(
             self._envelope(record, span, error, attempts, carried), retry_hop=hop.number, due_at=hop.due_at
         )
-        headers = carried_headers(record.headers or (), keep=KEPT_ON_RETRY) + envelope.to_headers()
+        headers = retry_hop_headers(record.headers or (), envelope)
         with self._span(hop.topic, _key_text(record.key)) as sending:
             await self._send(sending, hop.topic, record.value, record.key, headers)
 

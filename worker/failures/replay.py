@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import secrets
 from collections import Counter
 from collections.abc import Collection, Sequence
@@ -29,26 +28,13 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from redis.asyncio import Redis
 
 from worker.config.settings import Settings
-from worker.core.messages import utc_now_rfc3339
+from worker.core.times import utc_now_rfc3339
 from worker.failures.envelope import (
-    H_FIRST_FAILED_AT,
-    H_FORCE,
-    H_HISTORY,
-    H_OFFSET,
-    H_PARTITION,
-    H_REPLAY_COUNT,
-    H_REPLAY_TOKEN,
-    H_REPLAYED_FROM,
-    H_TIMESTAMP,
-    H_TOPIC,
-    H_TRACEPARENT,
-    HISTORY_LIMIT,
     DeadLetterEnvelope,
-    Headers,
-    carried_headers,
+    replay_headers,
+    was_value_truncated,
 )
 from worker.failures.listing import DeadLetter, Filter, read_all, shown
-from worker.failures.outbox import H_VALUE_TRUNCATED_FROM
 from worker.failures.pacing import Pacer, Progress
 from worker.failures.schedule import RetrySchedule
 from worker.kafka import clients as kafka
@@ -100,7 +86,7 @@ def skip_cause(
     envelope = letter.envelope
     if envelope is None:
         return Skip.NOT_GUARDQ
-    if any(name == H_VALUE_TRUNCATED_FROM for name, _ in letter.headers):
+    if was_value_truncated(letter.headers):
         return Skip.VALUE_TRUNCATED
     if replayed:
         return Skip.ALREADY_REPLAYED
@@ -148,26 +134,6 @@ def plan(
             eligible.append(letter)
     skipped = tuple((letters[index], causes[index]) for index in sorted(causes))
     return Plan(tuple(eligible), skipped)
-
-
-def replay_headers(letter: DeadLetter, envelope: DeadLetterEnvelope, *, force: bool, token: str) -> Headers:
-    """The headers of ``letter``'s republished record (see the module docstring for what goes and why)."""
-    pairs = [
-        (H_TOPIC, envelope.original_topic),
-        (H_PARTITION, str(envelope.original_partition)),
-        (H_OFFSET, str(envelope.original_offset)),
-        (H_TIMESTAMP, envelope.original_timestamp),
-        (H_FIRST_FAILED_AT, envelope.first_failed_at),
-        (H_HISTORY, json.dumps(list(envelope.history[-HISTORY_LIMIT:]), separators=(",", ":"))),
-        (H_REPLAY_COUNT, str(envelope.replay_count + 1)),
-        (H_REPLAYED_FROM, letter.coordinates),
-        (H_REPLAY_TOKEN, token),
-    ]
-    if force:
-        pairs.append((H_FORCE, "1"))
-    if envelope.traceparent:
-        pairs.append((H_TRACEPARENT, envelope.traceparent))
-    return carried_headers(letter.headers) + [(name, value.encode("utf-8")) for name, value in pairs]
 
 
 @dataclass(frozen=True)
@@ -319,7 +285,13 @@ async def _send_chunk(
     for letter, token in zip(letters, tokens, strict=True):
         await pacer.wait()
         assert letter.envelope is not None  # plan() never chooses one without an envelope
-        headers = replay_headers(letter, letter.envelope, force=token.force, token=token.token)
+        headers = replay_headers(
+            letter.headers,
+            letter.envelope,
+            replayed_from=letter.coordinates,
+            force=token.force,
+            token=token.token,
+        )
         span = _republish_span(tracer, topic, letter, letter.envelope)
         try:
             sends.append(await producer.send(topic, letter.value, key=letter.key, headers=headers))

@@ -11,7 +11,6 @@ partition waits for another's work.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -19,8 +18,8 @@ from aiokafka.structs import ConsumerRecord
 
 from worker.config.settings import Settings
 from worker.config.values import parse_duration_s
-from worker.core.messages import format_rfc3339
-from worker.failures.envelope import H_ATTEMPTS, H_RETRY_DUE_AT, carried_number
+from worker.core.times import format_rfc3339
+from worker.failures.envelope import H_ATTEMPTS, carried_number, retry_due_epoch_s
 
 
 @dataclass(frozen=True)
@@ -80,17 +79,7 @@ class RetrySchedule:
         if step is None:
             return 0.0
         delay_s = self.delays_s[step]
-        due_s = _due_epoch_s(list(record.headers or ()))
+        due_s = retry_due_epoch_s(list(record.headers or ()))
         if due_s is None:  # no usable header: the record's own timestamp plus the topic's delay
             due_s = record.timestamp / 1000 + delay_s if record.timestamp and record.timestamp > 0 else 0.0
         return max(0.0, min(due_s - time.time(), delay_s))
-
-
-def _due_epoch_s(headers: Sequence[tuple[str, bytes]]) -> float | None:
-    for name, value in headers:
-        if name == H_RETRY_DUE_AT:
-            try:
-                return datetime.fromisoformat(value.decode("ascii").replace("Z", "+00:00")).timestamp()
-            except (ValueError, UnicodeDecodeError, AttributeError):
-                return None
-    return None

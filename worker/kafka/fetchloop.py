@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -24,7 +23,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from worker.core.errors import is_infrastructure, one_line
+from worker.core.backoff import Backoff, until_available
+from worker.core.errors import one_line
 from worker.core.offsets import PartitionOffsets
 from worker.kafka.codecs import DEFAULT_INFLATE_CAP_BYTES
 from worker.kafka.records import record_size, tracked_offset
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[ConsumerRecord], Awaitable[object]]
 
+INFRA_BACKOFF_INITIAL_S = 0.2
 INFRA_BACKOFF_MAX_S = 10.0
 CANCEL_GRACE_S = 5.0  # how long cancelled records may take to unwind at shutdown
 COMMIT_DEADLINE_S = 10.0  # a commit at revoke or stop gives up after this
@@ -100,7 +101,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         self._last_poll_at = 0.0
         self._salvage_max_bytes = salvage_max_bytes
         self._inflate_cap = inflate_cap_bytes
-        self._fetch_backoff_s = FETCH_BACKOFF_MIN_S
+        self._fetch_backoff = Backoff(FETCH_BACKOFF_MIN_S, FETCH_BACKOFF_MAX_S)
         self.stats = FetchStats()
 
     @property
@@ -158,7 +159,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
             except Exception as exc:  # a record or a broker error: never a reason to stop
                 await self._recover(exc)
                 continue
-            self._fetch_backoff_s = FETCH_BACKOFF_MIN_S
+            self._fetch_backoff.reset()
             for tp, records in batches.items():
                 part = self._parts.get(tp)
                 if part is not None:  # else revoked while the fetch was under way: the new owner reads these
@@ -195,10 +196,9 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
             except (KafkaError, IllegalStateError, OSError, TimeoutError) as exc:
                 log.warning("reading %s/%d failed: %s: %s", tp.topic, tp.partition, type(exc).__name__, exc)
         if moved:
-            self._fetch_backoff_s = FETCH_BACKOFF_MIN_S
+            self._fetch_backoff.reset()
             return
-        await asyncio.sleep(self._fetch_backoff_s * random.uniform(0.5, 1.0))
-        self._fetch_backoff_s = min(self._fetch_backoff_s * 2, FETCH_BACKOFF_MAX_S)
+        await asyncio.sleep(self._fetch_backoff.next_s())
 
     async def _salvage(self, tp: TopicPartition) -> bool:
         """Rewind ``tp`` and, unless it is paused, dispatch what one raw fetch of it holds. True when
@@ -292,28 +292,23 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         task.add_done_callback(lambda done: self._finished(part, tracked, size, done))
 
     async def _process(self, record: ConsumerRecord) -> None:
-        backoff_s = 0.2
-        while True:
-            try:
-                await self._handler(record)
-                return
-            except Exception as exc:
-                task = asyncio.current_task()
-                if not is_infrastructure(exc) or (task is not None and task.cancelling()):
-                    raise  # a bug or a fatal error stops the worker; a cancellation stays one
-                # The message is fine; a service around us is not. Keep it uncommitted and try again.
-                self.stats.infra_retries += 1
-                log.warning(
-                    "record %s/%d@%d: %s: %s; retrying in %.1f s",
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                    type(exc).__name__,
-                    exc,
-                    backoff_s,
-                )
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, INFRA_BACKOFF_MAX_S)
+        """Handle ``record``; while a service around us (not the message) fails, keep it uncommitted and
+        try again. A bug or a fatal error stops the worker; a cancellation stays one."""
+
+        def report(exc: Exception, delay_s: float) -> None:
+            self.stats.infra_retries += 1
+            log.warning(
+                "record %s/%d@%d: %s: %s; retrying in %.1f s",
+                record.topic,
+                record.partition,
+                record.offset,
+                type(exc).__name__,
+                exc,
+                delay_s,
+            )
+
+        backoff = Backoff(INFRA_BACKOFF_INITIAL_S, INFRA_BACKOFF_MAX_S)
+        await until_available(lambda: self._handler(record), backoff=backoff, on_retry=report)
 
     def _finished(self, part: _Partition, offset: int, size: int, task: asyncio.Task[None]) -> None:
         part.tasks.discard(task)

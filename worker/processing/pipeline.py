@@ -42,7 +42,8 @@ from worker.core.errors import (
     is_infrastructure,
     one_line,
 )
-from worker.core.messages import ModerationRequest, Verdict, check_headers, parse_request, utc_now_rfc3339
+from worker.core.messages import ModerationRequest, Verdict, check_headers, parse_request
+from worker.core.times import utc_now_rfc3339
 from worker.failures.envelope import force_token, replay_token
 from worker.failures.outbox import TOO_LARGE, Outbox
 from worker.failures.schedule import Hop, RetrySchedule

@@ -9,7 +9,6 @@ guard calls already paid for are not made again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,7 +24,9 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from worker.core.errors import GuardError, is_infrastructure, is_transient
+from worker.core.backoff import Backoff
+from worker.core.backoff import until_available as retry_infrastructure
+from worker.core.errors import GuardError, is_transient
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -36,17 +37,14 @@ AVAILABLE_BACKOFF_MAX_S = 5.0
 
 async def until_available(operation: Callable[[], Awaitable[T]], *, what: str) -> T:
     """Run ``operation`` until it succeeds, waiting out infrastructure errors (Redis, Kafka unavailable)
-    with growing pauses; any other error propagates, and so does a cancellation (a drain deadline)."""
-    backoff_s = AVAILABLE_BACKOFF_INITIAL_S
-    while True:
-        try:
-            return await operation()
-        except Exception as exc:
-            if not is_infrastructure(exc):
-                raise
-            log.warning("%s failed (%s: %s); retrying in %.1f s", what, type(exc).__name__, exc, backoff_s)
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, AVAILABLE_BACKOFF_MAX_S)
+    with growing, jittered pauses (``core.backoff``); any other error propagates, and so does a
+    cancellation (a drain deadline)."""
+
+    def report(exc: Exception, delay_s: float) -> None:
+        log.warning("%s failed (%s: %s); retrying in %.1f s", what, type(exc).__name__, exc, delay_s)
+
+    backoff = Backoff(AVAILABLE_BACKOFF_INITIAL_S, AVAILABLE_BACKOFF_MAX_S)
+    return await retry_infrastructure(operation, backoff=backoff, on_retry=report)
 
 
 class GuardCallFailed(Exception):

@@ -34,6 +34,10 @@ class RedisKeys:
     def lease(self, message_id: str) -> str:
         return f"{self.prefix}lease:{message_id}"
 
+    def lease_pattern(self) -> str:
+        """A SCAN pattern matching every lease under this prefix."""
+        return f"{self.prefix}lease:*"
+
     def chunk(self, digest: str) -> str:
         return f"{self.prefix}chunk:{digest}"
 

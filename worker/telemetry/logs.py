@@ -17,6 +17,8 @@ from urllib.parse import unquote, urlparse
 
 from opentelemetry import trace
 
+from worker.core.times import format_rfc3339
+
 if TYPE_CHECKING:
     from worker.config.settings import Settings
 
@@ -51,9 +53,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "time": format_rfc3339(datetime.fromtimestamp(record.created, UTC)),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": self.mask(record.getMessage()),
