@@ -85,7 +85,7 @@ async def test_latency_delays_each_direction(echo: Echo) -> None:
         assert await round_trip(proxy) == b"ping"
         fast = time.monotonic() - started
     assert 0.4 <= elapsed < 2.0, elapsed  # 200 ms on the way in, 200 ms on the way back
-    assert fast < 0.2, fast
+    assert fast < 0.4, fast  # without the delays, faster than their sum even on a loaded machine
 
 
 async def test_reset_cuts_live_and_new_connections(echo: Echo) -> None:

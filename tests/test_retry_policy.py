@@ -119,8 +119,9 @@ async def test_total_time_budget_stops_retrying_before_max_attempts() -> None:
     assert len(calls) == caught.value.attempts
     assert 1 < caught.value.attempts < 1000
     assert caught.value.exhausted
-    # It gives up rather than start a wait that would end past the budget.
-    assert 0.12 <= elapsed <= 0.2
+    # It gives up rather than start a wait that would end past the budget (1000 attempts would take
+    # seconds); the upper bound leaves room for a loaded machine's scheduling.
+    assert 0.12 <= elapsed <= 0.6
 
 
 async def test_retry_after_is_honoured_as_a_minimum_wait() -> None:
@@ -148,18 +149,17 @@ async def test_backoff_without_retry_after_stays_within_max_backoff() -> None:
     started = time.monotonic()
     assert await policy.call(attempt) == ("verdict", 6)
     assert calls == [1, 2, 3, 4, 5, 6]
-    # Five waits of at most 20 ms each, plus scheduling slack.
-    assert time.monotonic() - started < 0.3
+    # Five waits of at most 20 ms each, plus generous scheduling slack.
+    assert time.monotonic() - started < 1.0
 
 
 async def test_retry_after_beyond_the_total_budget_gives_up_instead_of_sleeping_past_it() -> None:
-    # BUG worker/processing/retry.py: stop_after_delay is checked before the wait, so a Retry-After longer than what
-    # is left of max_total_s is slept in full (a server saying "Retry-After: 3600" parks the message for an
-    # hour). tenacity's stop_before_delay, or capping the wait at the remaining budget, would bound it.
+    # A Retry-After longer than what is left of max_total_s is not slept (a server saying "Retry-After:
+    # 3600" would park the message for an hour): the policy stops before a wait that ends past the budget.
     policy = RetryPolicy(max_attempts=3, max_total_s=0.1, initial_backoff_s=0.001, max_backoff_s=0.01)
-    attempt, _ = _failing_then([GuardUnavailable("HTTP 429", status=429, retry_after_s=0.6)] * 3)
+    attempt, _ = _failing_then([GuardUnavailable("HTTP 429", status=429, retry_after_s=5.0)] * 3)
     started = time.monotonic()
     with pytest.raises(GuardCallFailed) as caught:
         await policy.call(attempt)
     assert caught.value.exhausted
-    assert time.monotonic() - started < 0.4
+    assert time.monotonic() - started < 2.0  # far below the 5 s Retry-After

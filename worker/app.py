@@ -74,7 +74,7 @@ class Worker:
         """Run until ``stop`` is set (graceful drain) or a record fails fatally (raises that error)."""
         settings = self.settings
         # Every batch fetched from now on inflates at most this far (aiokafka's reader and guardq's own).
-        install_inflation_cap(settings.max_inflate_mb * 1024 * 1024)
+        install_inflation_cap(settings.max_inflate_bytes)
         guard = self.backend
         async with AsyncExitStack() as stack:
             server = OpsServer(self.health, host=settings.http_host, port=settings.http_port)
@@ -114,9 +114,7 @@ class Worker:
         connection of its own for readiness probes (the pool may be busy with records)."""
         settings = self.settings
         security = RedisSecurity.from_settings(settings)
-        redis = connect_redis(
-            settings.redis_url, max_connections=max(16, settings.concurrency * 2), security=security
-        )
+        redis = connect_redis(settings.redis_url, max_connections=settings.redis_pool_size, security=security)
         # A pool passed in is not closed by aclose() unless asked: close it with the client.
         stack.push_async_callback(redis.aclose, close_connection_pool=True)
         await redis.ping()
@@ -142,12 +140,12 @@ class Worker:
             consumer,
             pipeline.handle,
             max_buffered=settings.max_buffered,
-            max_buffered_bytes=settings.max_buffered_mb * 1024 * 1024,
+            max_buffered_bytes=settings.max_buffered_bytes,
             commit_interval_s=settings.commit_interval_s,
             hold=lambda: self.breaker.is_open,
             due_in_s=schedule.due_in_s,
             salvage_max_bytes=kafka.MAX_PARTITION_FETCH_BYTES,
-            inflate_cap_bytes=settings.max_inflate_mb * 1024 * 1024,
+            inflate_cap_bytes=settings.max_inflate_bytes,
         )
 
     def _pipeline(
@@ -166,7 +164,7 @@ class Worker:
             breaker=self.breaker,
             throttle=self.throttle,
             retry=RetryPolicy(
-                max_attempts=settings.guard_attempts, max_total_s=2 * settings.guard_timeout_s + 10
+                max_attempts=settings.guard_attempts, max_total_s=settings.guard_retry_budget_s
             ),
             tracer=tracer,
             store=store,

@@ -1,7 +1,9 @@
 """One frozen settings object, built once from environment variables and flags, validated at start-up.
 
-Each setting is declared once in ``SPECS``: its environment variable, its `guardq run` flag, its default and
-its parser. A bad value raises ``SettingsError`` with a one-line message naming the variable.
+Each setting is declared once, as a field of ``Settings``: its type, default, parser and help. Its
+environment variable and `guardq run` flag follow from the field's name (``SPECS`` lists them), and values
+derived from settings are properties here too. A bad value raises ``SettingsError`` with a one-line
+message naming the variable.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from dataclasses import field as dataclass_field
 from typing import Any
 from urllib.parse import urlparse
 
@@ -54,93 +57,10 @@ class Spec:
         return "--" + self.env.removeprefix("GUARDQ_").lower().replace("_", "-")
 
 
-SPECS: tuple[Spec, ...] = (
-    Spec("kafka_bootstrap", "GUARDQ_KAFKA_BOOTSTRAP", "127.0.0.1:9092", _bootstrap, "bootstrap servers"),
-    Spec("redis_url", "GUARDQ_REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url, "verdict store", True),
-    Spec("redis_prefix", "GUARDQ_REDIS_PREFIX", "guardq:", _text, "Redis key prefix"),
-    Spec("guard_backend", "GUARDQ_GUARD_BACKEND", "qwen3guard", _backend, "qwen3guard or local"),
-    Spec("guard_url", "GUARDQ_GUARD_URL", "http://127.0.0.1:8000/v1", _http_url, "guard base URL (/v1)"),
-    Spec(
-        "guard_model", "GUARDQ_GUARD_MODEL", "Qwen/Qwen3Guard-Gen-8B", _text, "model name sent to the guard"
-    ),
-    Spec("guard_api_key", "GUARDQ_GUARD_API_KEY", "", _optional_text, "bearer token (never logged)", True),
-    Spec("guard_timeout_s", "GUARDQ_GUARD_TIMEOUT_S", "30", _positive_float, "per-call guard timeout"),
-    Spec("input_topic", "GUARDQ_INPUT_TOPIC", "moderation.requests", _topic, "input topic"),
-    Spec("verdict_topic", "GUARDQ_VERDICT_TOPIC", "moderation.verdicts", _topic, "verdict topic"),
-    Spec("dlq_topic", "GUARDQ_DLQ_TOPIC", "moderation.dlq", _topic, "dead-letter topic"),
-    Spec("group_id", "GUARDQ_GROUP_ID", "guardq", _text, "consumer group"),
-    Spec("concurrency", "GUARDQ_CONCURRENCY", "32", _positive_int, "max guard calls in flight"),
-    Spec(
-        "max_text_chars", "GUARDQ_MAX_TEXT_CHARS", "100000", _positive_int, "longer texts are dead-lettered"
-    ),
-    Spec(
-        "chunk_chars",
-        "GUARDQ_CHUNK_CHARS",
-        "auto",
-        _chunk_chars,
-        "chars per guard call before a text is split (auto: from the guard's context window)",
-    ),
-    Spec("topic_partitions", "GUARDQ_TOPIC_PARTITIONS", "8", _positive_int, "partitions of created topics"),
-    Spec("topic_replication", "GUARDQ_TOPIC_REPLICATION", "auto", _replication, "replicas of created topics"),
-    Spec("verdict_ttl_s", "GUARDQ_VERDICT_TTL_S", "604800", _positive_int, "verdict TTL (dedup window)"),
-    Spec("shutdown_timeout_s", "GUARDQ_SHUTDOWN_TIMEOUT_S", "20", _positive_float, "graceful drain deadline"),
-    Spec("retry_schedule", "GUARDQ_RETRY_SCHEDULE", "10s,1m,10m", _retry_schedule, "delayed retry topics"),
-    Spec("max_replays", "GUARDQ_MAX_REPLAYS", "3", _positive_int, "replay loop guard"),
-    Spec("http_host", "GUARDQ_HTTP_HOST", "0.0.0.0", _text, "address of the health/metrics server"),
-    Spec("http_port", "GUARDQ_HTTP_PORT", "8080", _port, "health/metrics port (0: any free port)"),
-    Spec("heartbeat_s", "GUARDQ_HEARTBEAT_S", "30", _positive_float, "guard heartbeat period"),
-    Spec("max_buffered", "GUARDQ_MAX_BUFFERED", "1000", _positive_int, "fetched-but-unfinished cap (pause)"),
-    Spec("max_buffered_mb", "GUARDQ_MAX_BUFFERED_MB", "64", _positive_int, "buffered bytes cap (pause)"),
-    Spec("session_timeout_s", "GUARDQ_SESSION_TIMEOUT_S", "10", _positive_float, "consumer session timeout"),
-    Spec("commit_interval_s", "GUARDQ_COMMIT_INTERVAL_S", "1", _positive_float, "periodic commit interval"),
-    Spec("guard_attempts", "GUARDQ_GUARD_ATTEMPTS", "3", _positive_int, "in-process guard attempts"),
-    Spec(
-        "kafka_compression",
-        "GUARDQ_KAFKA_COMPRESSION",
-        "zstd",
-        _compression,
-        "codec of what guardq sends: none, gzip, snappy, lz4, zstd",
-    ),
-    Spec(
-        "kafka_max_message_bytes",
-        "GUARDQ_KAFKA_MAX_MESSAGE_BYTES",
-        str(16 * 1024 * 1024),
-        _positive_int,
-        "largest record guardq sends (set it to the brokers' message.max.bytes)",
-    ),
-    Spec(
-        "max_inflate_mb",
-        "GUARDQ_MAX_INFLATE_MB",
-        "64",
-        _positive_int,
-        "a fetched batch that inflates past this is dead-lettered undecodable",
-    ),
-    Spec(
-        "kafka_security_protocol", "GUARDQ_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", _security_protocol, "Kafka"
-    ),
-    Spec(
-        "kafka_sasl_mechanism", "GUARDQ_KAFKA_SASL_MECHANISM", "", _sasl_mechanism, "PLAIN, SCRAM-SHA-256/512"
-    ),
-    Spec("kafka_sasl_username", "GUARDQ_KAFKA_SASL_USERNAME", "", _optional_text, "SASL user"),
-    Spec("kafka_sasl_password", "GUARDQ_KAFKA_SASL_PASSWORD", "", _optional_text, "SASL password", True),
-    Spec("kafka_ssl_cafile", "GUARDQ_KAFKA_SSL_CAFILE", "", _optional_file, "CA bundle for Kafka TLS"),
-    Spec("kafka_ssl_certfile", "GUARDQ_KAFKA_SSL_CERTFILE", "", _optional_file, "client certificate"),
-    Spec("kafka_ssl_keyfile", "GUARDQ_KAFKA_SSL_KEYFILE", "", _optional_file, "client key"),
-    Spec(
-        "redis_password",
-        "GUARDQ_REDIS_PASSWORD",
-        "",
-        _optional_text,
-        "Redis password (AUTH), instead of one in GUARDQ_REDIS_URL",
-        True,
-    ),
-    Spec("redis_tls_ca_file", "GUARDQ_REDIS_TLS_CA_FILE", "", _optional_file, "CA bundle for rediss://"),
-    Spec("redis_tls_cert_file", "GUARDQ_REDIS_TLS_CERT_FILE", "", _optional_file, "Redis client cert"),
-    Spec("redis_tls_key_file", "GUARDQ_REDIS_TLS_KEY_FILE", "", _optional_file, "Redis client key"),
-    Spec("redis_tls_verify", "GUARDQ_REDIS_TLS_VERIFY", "true", _boolean, "verify the Redis server cert"),
-    Spec("guard_tls_verify", "GUARDQ_GUARD_TLS_VERIFY", "true", _boolean, "verify the guard's certificate"),
-    Spec("guard_ca_file", "GUARDQ_GUARD_CA_FILE", "", _optional_file, "CA bundle for an https guard"),
-)
+def setting(default: str, parse: Callable[[str], Any], help: str, *, secret: bool = False) -> Any:
+    """Declare one field of ``Settings``: the default (as its variable would spell it), the parser that
+    turns the text into the field's value (raising ``ValueError``), a help line, and whether it is secret."""
+    return dataclass_field(metadata={"setting": (default, parse, help, secret)})
 
 
 def _key_needs_cert(key_env: str, keyfile: str | None, cert_env: str, certfile: str | None) -> None:
@@ -150,54 +70,71 @@ def _key_needs_cert(key_env: str, keyfile: str | None, cert_env: str, certfile: 
 
 @dataclass(frozen=True)
 class Settings:
-    """Validated configuration of one guardq process; build it with ``Settings.load``."""
+    """Validated configuration of one guardq process; build it with ``Settings.load``.
 
-    kafka_bootstrap: str
-    redis_url: str
-    redis_prefix: str
-    guard_backend: str
-    guard_url: str
-    guard_model: str
-    guard_api_key: str | None
-    guard_timeout_s: float
-    input_topic: str
-    verdict_topic: str
-    dlq_topic: str
-    group_id: str
-    concurrency: int
-    max_text_chars: int
-    chunk_chars: int | None
-    topic_partitions: int
-    topic_replication: int | None
-    verdict_ttl_s: int
-    shutdown_timeout_s: float
-    retry_schedule: tuple[str, ...]
-    max_replays: int
-    http_host: str
-    http_port: int
-    heartbeat_s: float
-    max_buffered: int
-    max_buffered_mb: int
-    session_timeout_s: float
-    commit_interval_s: float
-    guard_attempts: int
-    kafka_compression: str | None
-    kafka_max_message_bytes: int
-    max_inflate_mb: int
-    kafka_security_protocol: str
-    kafka_sasl_mechanism: str | None
-    kafka_sasl_username: str | None
-    kafka_sasl_password: str | None
-    kafka_ssl_cafile: str | None
-    kafka_ssl_certfile: str | None
-    kafka_ssl_keyfile: str | None
-    redis_password: str | None
-    redis_tls_ca_file: str | None
-    redis_tls_cert_file: str | None
-    redis_tls_key_file: str | None
-    redis_tls_verify: bool
-    guard_tls_verify: bool
-    guard_ca_file: str | None
+    Each field is one setting, declared here once: its type, default, parser and help. Its environment
+    variable is ``GUARDQ_<FIELD>`` and its `guardq run` flag ``--<field>`` (``SPECS`` lists them)."""
+
+    kafka_bootstrap: str = setting("127.0.0.1:9092", _bootstrap, "bootstrap servers")
+    redis_url: str = setting("redis://127.0.0.1:6379/0", _redis_url, "verdict store", secret=True)
+    redis_prefix: str = setting("guardq:", _text, "Redis key prefix")
+    guard_backend: str = setting("qwen3guard", _backend, "qwen3guard or local")
+    guard_url: str = setting("http://127.0.0.1:8000/v1", _http_url, "guard base URL (/v1)")
+    guard_model: str = setting("Qwen/Qwen3Guard-Gen-8B", _text, "model name sent to the guard")
+    guard_api_key: str | None = setting("", _optional_text, "bearer token (never logged)", secret=True)
+    guard_timeout_s: float = setting("30", _positive_float, "per-call guard timeout")
+    input_topic: str = setting("moderation.requests", _topic, "input topic")
+    verdict_topic: str = setting("moderation.verdicts", _topic, "verdict topic")
+    dlq_topic: str = setting("moderation.dlq", _topic, "dead-letter topic")
+    group_id: str = setting("guardq", _text, "consumer group")
+    concurrency: int = setting("32", _positive_int, "max guard calls in flight")
+    max_text_chars: int = setting("100000", _positive_int, "longer texts are dead-lettered")
+    chunk_chars: int | None = setting(
+        "auto",
+        _chunk_chars,
+        "chars per guard call before a text is split (auto: from the guard's context window)",
+    )
+    topic_partitions: int = setting("8", _positive_int, "partitions of created topics")
+    topic_replication: int | None = setting("auto", _replication, "replicas of created topics")
+    verdict_ttl_s: int = setting("604800", _positive_int, "verdict TTL (dedup window)")
+    shutdown_timeout_s: float = setting("20", _positive_float, "graceful drain deadline")
+    retry_schedule: tuple[str, ...] = setting("10s,1m,10m", _retry_schedule, "delayed retry topics")
+    max_replays: int = setting("3", _positive_int, "replay loop guard")
+    http_host: str = setting("0.0.0.0", _text, "address of the health/metrics server")
+    http_port: int = setting("8080", _port, "health/metrics port (0: any free port)")
+    heartbeat_s: float = setting("30", _positive_float, "guard heartbeat period")
+    max_buffered: int = setting("1000", _positive_int, "fetched-but-unfinished cap (pause)")
+    max_buffered_mb: int = setting("64", _positive_int, "buffered bytes cap (pause)")
+    session_timeout_s: float = setting("10", _positive_float, "consumer session timeout")
+    commit_interval_s: float = setting("1", _positive_float, "periodic commit interval")
+    guard_attempts: int = setting("3", _positive_int, "in-process guard attempts")
+    kafka_compression: str | None = setting(
+        "zstd", _compression, "codec of what guardq sends: none, gzip, snappy, lz4, zstd"
+    )
+    kafka_max_message_bytes: int = setting(
+        str(16 * 1024 * 1024),
+        _positive_int,
+        "largest record guardq sends (set it to the brokers' message.max.bytes)",
+    )
+    max_inflate_mb: int = setting(
+        "64", _positive_int, "a fetched batch that inflates past this is dead-lettered undecodable"
+    )
+    kafka_security_protocol: str = setting("PLAINTEXT", _security_protocol, "Kafka")
+    kafka_sasl_mechanism: str | None = setting("", _sasl_mechanism, "PLAIN, SCRAM-SHA-256/512")
+    kafka_sasl_username: str | None = setting("", _optional_text, "SASL user")
+    kafka_sasl_password: str | None = setting("", _optional_text, "SASL password", secret=True)
+    kafka_ssl_cafile: str | None = setting("", _optional_file, "CA bundle for Kafka TLS")
+    kafka_ssl_certfile: str | None = setting("", _optional_file, "client certificate")
+    kafka_ssl_keyfile: str | None = setting("", _optional_file, "client key")
+    redis_password: str | None = setting(
+        "", _optional_text, "Redis password (AUTH), instead of one in GUARDQ_REDIS_URL", secret=True
+    )
+    redis_tls_ca_file: str | None = setting("", _optional_file, "CA bundle for rediss://")
+    redis_tls_cert_file: str | None = setting("", _optional_file, "Redis client cert")
+    redis_tls_key_file: str | None = setting("", _optional_file, "Redis client key")
+    redis_tls_verify: bool = setting("true", _boolean, "verify the Redis server cert")
+    guard_tls_verify: bool = setting("true", _boolean, "verify the guard's certificate")
+    guard_ca_file: str | None = setting("", _optional_file, "CA bundle for an https guard")
 
     @classmethod
     def load(cls, env: Mapping[str, str], overrides: Mapping[str, str | None] | None = None) -> Settings:
@@ -270,6 +207,27 @@ class Settings:
         return tuple(f"{self.input_topic}.retry.{step}" for step in self.retry_schedule)
 
     @property
+    def max_buffered_bytes(self) -> int:
+        """The buffered-bytes cap of the fetch loop (GUARDQ_MAX_BUFFERED_MB)."""
+        return self.max_buffered_mb * 1024 * 1024
+
+    @property
+    def max_inflate_bytes(self) -> int:
+        """How far one fetched batch may inflate (GUARDQ_MAX_INFLATE_MB)."""
+        return self.max_inflate_mb * 1024 * 1024
+
+    @property
+    def guard_retry_budget_s(self) -> float:
+        """How long one message's in-process guard attempts may take in all: two full timeouts and the
+        waits between them."""
+        return 2 * self.guard_timeout_s + 10
+
+    @property
+    def redis_pool_size(self) -> int:
+        """Connections of the verdict store's pool: two per guard call in flight, at least 16."""
+        return max(16, self.concurrency * 2)
+
+    @property
     def lease_ttl_s(self) -> float:
         """In-flight lease TTL: about the guard timeout, renewed by its holder while the work is alive."""
         return max(5.0, self.guard_timeout_s)
@@ -294,6 +252,11 @@ class Settings:
             value = getattr(self, item.name)
             shown[item.name] = "<hidden>" if item.name in secret and value else value
         return shown
+
+
+SPECS: tuple[Spec, ...] = tuple(
+    Spec(item.name, "GUARDQ_" + item.name.upper(), *item.metadata["setting"]) for item in fields(Settings)
+)
 
 
 def add_flags(parser: argparse.ArgumentParser, only: set[str] | None = None) -> None:
