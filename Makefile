@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck bench chaos clean
+.PHONY: install demo test test-unit lint typecheck bench chaos clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ TEST_WORKERS ?= 8
 
 test: $(STAMP) lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal
+
+# The tests that need no broker, Redis or simulator (about half a minute).
+test-unit: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider -m "not integration" -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check worker tests bench

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, collect, publish, running_worker, wait_for_verdicts
 from worker.core.guard_types import GuardRequest, GuardVerdict
 from worker.failures.envelope import DeadLetterEnvelope
+
+pytestmark = pytest.mark.integration
 
 
 class BuggyBackend:

