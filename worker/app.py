@@ -22,7 +22,8 @@ from worker.config.settings import Settings
 from worker.core.errors import GuardError
 from worker.failures.outbox import Outbox
 from worker.failures.schedule import RetrySchedule
-from worker.guard.base import GuardBackend, build_backend
+from worker.guard.base import GuardBackend
+from worker.guard.factory import build_backend
 from worker.kafka import clients as kafka
 from worker.kafka.codecs import install_inflation_cap
 from worker.kafka.fetchloop import FetchLoop

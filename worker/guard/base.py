@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import Protocol, Self
 
 from worker.core.guard_types import GuardRequest, GuardVerdict
-
-if TYPE_CHECKING:
-    from worker.config.settings import Settings
 
 # The Qwen3Guard-Gen taxonomy, spelled exactly as the model prints it, in its documented order.
 QWEN3GUARD_CATEGORIES: tuple[str, ...] = (
@@ -65,22 +62,3 @@ class GuardBackend(Protocol):
     async def moderate(self, request: GuardRequest) -> GuardVerdict:
         """Moderate one text; raises a ``GuardError`` subclass on failure."""
         ...
-
-
-def build_backend(settings: Settings) -> GuardBackend:
-    """The backend named by GUARDQ_GUARD_BACKEND."""
-    if settings.guard_backend == "local":
-        from worker.guard.local import LocalBackend
-
-        return LocalBackend()
-    from worker.guard.qwen3guard import Qwen3GuardBackend
-
-    return Qwen3GuardBackend(
-        base_url=settings.guard_url,
-        model=settings.guard_model,
-        api_key=settings.guard_api_key,
-        timeout_s=settings.guard_timeout_s,
-        pool_size=settings.concurrency,
-        tls_verify=settings.guard_tls_verify,
-        ca_file=settings.guard_ca_file,
-    )
