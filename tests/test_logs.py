@@ -29,3 +29,9 @@ def test_log_line_inside_a_message_span_carries_its_trace_id() -> None:
 def test_log_line_outside_any_span_has_no_trace_fields() -> None:
     entry = json.loads(JsonFormatter().format(_record("worker started")))
     assert "trace_id" not in entry and "span_id" not in entry
+
+
+def test_a_message_with_a_lone_surrogate_is_still_one_json_line() -> None:
+    line = JsonFormatter().format(_record("bytes we could not decode: \udc80 and é"))
+    assert json.loads(line)["message"] == "bytes we could not decode: \udc80 and é"
+    assert "\n" not in line

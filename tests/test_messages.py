@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -347,3 +348,23 @@ def test_nesting_that_parses_but_cannot_be_encoded_again_is_invalid_json() -> No
         with pytest.raises(InvalidInput) as caught:
             parse_request(raw, LIMIT)
         assert caught.value.reason in {"invalid_json"}, depth
+
+
+def test_a_verdict_with_an_integer_past_64_bits_in_its_metadata_still_serialises() -> None:
+    verdict = Verdict(
+        id="big",
+        label="safe",
+        categories=[],
+        refusal=None,
+        model="m",
+        trace_id="0" * 32,
+        attempts=1,
+        latency_ms=1.5,
+        processed_at="2026-12-03T00:00:00.000Z",
+        metadata={"n": 2**70, "text": "é"},
+        content_sha256="0" * 64,
+    )
+    document = json.loads(verdict.to_json())
+    assert document["metadata"] == {"n": 2**70, "text": "é"}
+    small = json.loads(replace(verdict, metadata={"n": 1}).to_json())
+    assert small["metadata"] == {"n": 1} and small["latency_ms"] == 1.5

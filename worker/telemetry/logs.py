@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
+import orjson
 from opentelemetry import trace
 
 from worker.core.times import format_rfc3339
@@ -64,7 +65,10 @@ class JsonFormatter(logging.Formatter):
             entry["span_id"] = format(context.span_id, "016x")
         if record.exc_info:
             entry["error"] = self.mask(self.formatException(record.exc_info))
-        return json.dumps(entry, ensure_ascii=False)
+        try:
+            return orjson.dumps(entry).decode("utf-8")
+        except orjson.JSONEncodeError:  # a lone surrogate in a message: the standard library escapes it
+            return json.dumps(entry)
 
 
 def configure(level: str = "INFO", *, json_lines: bool = True, secrets: Iterable[str] = ()) -> None:
