@@ -273,6 +273,26 @@ def retry_due_epoch_s(headers: Sequence[tuple[str, bytes]]) -> float | None:
     return None
 
 
+def reduction_markers(
+    *, value_absent: bool = False, value_cut_from: int | None = None, headers_dropped: int = 0
+) -> Headers:
+    """The headers that say how a dead letter was made smaller than its record (see ``failures.outbox``):
+    no value at all, a value cut from ``value_cut_from`` bytes, ``headers_dropped`` of its own headers left out."""
+    markers: Headers = []
+    if value_absent:
+        markers.append((H_VALUE_ABSENT, b"1"))
+    if headers_dropped:
+        markers.append((H_HEADERS_DROPPED, str(headers_dropped).encode()))
+    if value_cut_from is not None:
+        markers.append((H_VALUE_TRUNCATED_FROM, str(value_cut_from).encode()))
+    return markers
+
+
+def without_history(headers: Headers) -> Headers:
+    """``headers`` without the failure history (the largest envelope header)."""
+    return [header for header in headers if header[0] != H_HISTORY]
+
+
 def was_value_truncated(headers: Sequence[tuple[str, bytes]]) -> bool:
     """Whether a dead letter holds only a prefix of its record's value."""
     return any(name == H_VALUE_TRUNCATED_FROM for name, _ in headers)

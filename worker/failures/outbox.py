@@ -30,15 +30,13 @@ from worker.core.errors import GuardqError, is_infrastructure
 from worker.core.messages import MAX_HEADER_BYTES, MAX_HEADERS, header_bytes
 from worker.core.times import format_rfc3339, utc_now_rfc3339
 from worker.failures.envelope import (
-    H_HEADERS_DROPPED,
-    H_HISTORY,
-    H_VALUE_ABSENT,
-    H_VALUE_TRUNCATED_FROM,
     DeadLetterEnvelope,
     Headers,
     carried_headers,
     format_history_entry,
+    reduction_markers,
     retry_hop_headers,
+    without_history,
 )
 from worker.failures.schedule import Hop
 from worker.telemetry import tracing
@@ -67,25 +65,28 @@ class _Form:
 def _forms(record: ConsumerRecord, envelope: Headers) -> Iterator[_Form]:
     """The dead letter of ``record`` whole, then smaller and smaller (see the module docstring)."""
     if record.key is None and record.value is None:
-        yield _Form("whole", None, b"", [*envelope, (H_VALUE_ABSENT, b"1")])
+        yield _Form("whole", None, b"", envelope + reduction_markers(value_absent=True))
         return
     own = carried_headers(record.headers or ())
     value: bytes | None = record.value
     size = len(value or b"")
     cut = size > TRUNCATED_VALUE_BYTES
     prefix = value[:TRUNCATED_VALUE_BYTES] if value is not None else None
-    truncated = [(H_VALUE_TRUNCATED_FROM, str(size).encode())]
-    dropped = [(H_HEADERS_DROPPED, str(len(own)).encode())] if own else []
     # Headers past the caps are never copied (their record was dead-lettered for them, as too_large).
     if len(own) <= MAX_HEADERS and header_bytes(own) <= MAX_HEADER_BYTES:
         yield _Form("whole", record.key, value, own + envelope)
         if cut:
-            yield _Form("value_prefix", record.key, prefix, own + envelope + truncated)
-    yield _Form("no_headers", record.key, prefix, envelope + dropped + (truncated if cut else []))
+            yield _Form(
+                "value_prefix", record.key, prefix, own + envelope + reduction_markers(value_cut_from=size)
+            )
+    cut_from = size if cut else None
+    markers = reduction_markers(value_cut_from=cut_from, headers_dropped=len(own))
+    yield _Form("no_headers", record.key, prefix, envelope + markers)
     smallest = value[:SMALLEST_VALUE_BYTES] if value is not None else None
     key = record.key[:SMALLEST_KEY_BYTES] if record.key is not None else None
-    lean = [header for header in envelope if header[0] != H_HISTORY]
-    yield _Form("minimal", key, smallest, lean + dropped + (truncated if size > SMALLEST_VALUE_BYTES else []))
+    cut_from = size if size > SMALLEST_VALUE_BYTES else None
+    markers = reduction_markers(value_cut_from=cut_from, headers_dropped=len(own))
+    yield _Form("minimal", key, smallest, without_history(envelope) + markers)
 
 
 def _where(record: ConsumerRecord) -> str:
