@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from worker.processing.limiter import ConcurrencyLimiter
+from worker.processing.retry import RetryPolicy
 
 
 async def _until(condition: Callable[[], bool], timeout_s: float = 2.0) -> None:
@@ -230,3 +231,39 @@ def test_limit_below_one_is_refused(bad: int) -> None:
         ConcurrencyLimiter(bad)
     with pytest.raises(ValueError):
         ConcurrencyLimiter(1).set_limit(bad)
+
+
+async def test_close_refuses_waiting_and_later_callers_and_lets_calls_in_flight_finish() -> None:
+    limiter = ConcurrencyLimiter(2)
+    release = asyncio.Event()
+    entered: list[int] = []
+    holders = [asyncio.create_task(_holder(limiter, release, entered, n)) for n in range(2)]
+    waiters = [asyncio.create_task(_holder(limiter, release, entered, n)) for n in range(2, 5)]
+    await _until(lambda: limiter.in_flight == 2 and limiter.waiting == 3)
+    limiter.close()
+    await asyncio.wait(waiters, timeout=2)
+    # A refused call ends its task as cancelled: the record is left uncommitted, not failed.
+    assert all(task.cancelled() for task in waiters)
+    late = asyncio.create_task(_holder(limiter, release, entered, 9))
+    await asyncio.wait([late], timeout=2)
+    assert late.cancelled()
+    assert entered == [0, 1] and limiter.in_flight == 2 and limiter.waiting == 0
+    release.set()
+    await asyncio.gather(*holders)
+    assert limiter.in_flight == 0 and limiter.closed
+
+
+async def test_a_refused_slot_passes_through_the_retry_policy_as_a_cancellation() -> None:
+    limiter = ConcurrencyLimiter(1)
+    limiter.close()
+    calls = 0
+
+    async def attempt(number: int) -> str:
+        nonlocal calls
+        async with limiter.slot():
+            calls += 1
+            return "verdict"
+
+    task = asyncio.create_task(RetryPolicy(max_attempts=3, initial_backoff_s=0.001).call(attempt))
+    await asyncio.wait([task], timeout=2)
+    assert task.cancelled() and calls == 0

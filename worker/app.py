@@ -215,6 +215,9 @@ class Worker:
             await asyncio.wait({*supervised, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.health.draining = True
+            # No guard call starts from now on: records not yet calling the guard stay uncommitted for the
+            # next owner; calls in flight finish up to the deadline.
+            self.limiter.close()
             loop.stop_fetching()
             stopping.cancel()
             # getmany returns within 100 ms, except while a rebalance is under way: bound the wait.

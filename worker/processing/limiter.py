@@ -12,8 +12,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 
+class SlotRefused(asyncio.CancelledError):
+    """A guard call asked for a slot after the limiter closed (the worker is draining). A cancellation,
+    so the record's task ends as cancelled: not committed, not dead-lettered, left for the next owner."""
+
+
 class ConcurrencyLimiter:
-    """A resizable FIFO semaphore that also reports how many slots are in use."""
+    """A resizable FIFO semaphore that also reports how many slots are in use; ``close`` refuses every
+    slot not yet granted."""
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
@@ -22,6 +28,7 @@ class ConcurrencyLimiter:
         self._in_flight = 0
         self._peak = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
 
     @property
     def limit(self) -> int:
@@ -50,6 +57,18 @@ class ConcurrencyLimiter:
         self._limit = limit
         self._grant()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Grant no more slots: waiting and later callers get ``SlotRefused``; calls in flight go on."""
+        self._closed = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(SlotRefused("the worker is draining"))
+
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Hold one slot for the duration of a guard call."""
@@ -61,6 +80,8 @@ class ConcurrencyLimiter:
             self._grant()
 
     async def _acquire(self) -> None:
+        if self._closed:
+            raise SlotRefused("the worker is draining")
         if self._in_flight < self._limit and not self._waiters:
             self._take()
             return
@@ -68,6 +89,8 @@ class ConcurrencyLimiter:
         self._waiters.append(waiter)
         try:
             await waiter
+        except SlotRefused:
+            raise  # refused by close(): no slot was taken
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 # The slot was granted just as we were cancelled: hand it on.
