@@ -8,7 +8,6 @@ letter that cannot be written in any form is a logged, counted skip: the worker 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Final
 
+import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     KafkaError,
@@ -126,7 +126,7 @@ class Outbox:
     async def publish_verdict(self, message_id: str, document: bytes, fallback_trace_id: str) -> None:
         """Publish a verdict; its traceparent header carries the trace id written in the document."""
         try:
-            trace_id = str(json.loads(document).get("trace_id") or fallback_trace_id)
+            trace_id = str(orjson.loads(document).get("trace_id") or fallback_trace_id)
         except (ValueError, AttributeError):
             trace_id = fallback_trace_id
         with self._span(self._verdict_topic, message_id) as span:

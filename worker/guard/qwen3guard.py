@@ -15,6 +15,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import orjson
 from opentelemetry.propagate import inject
 
 from worker.core.errors import GuardBadReply, GuardConfigError, GuardError, GuardTimeout, GuardUnavailable
@@ -263,9 +264,15 @@ class Qwen3GuardBackend(AsyncLifecycle):
         if session is None:
             raise RuntimeError("Qwen3GuardBackend.start() was not called")
         url = self._base_url + path
+        headers = self._headers()
+        body = None
+        if payload is not None:
+            # Serialised once, by orjson, and sent as bytes (aiohttp's json= goes through the stdlib).
+            body = orjson.dumps(payload)
+            headers["Content-Type"] = "application/json"
         try:
             async with session.request(
-                method, url, json=payload, headers=self._headers(), allow_redirects=False
+                method, url, data=body, headers=headers, allow_redirects=False
             ) as resp:
                 body, whole = await _read_capped(resp, MAX_REPLY_BYTES)
                 if 300 <= resp.status < 400:

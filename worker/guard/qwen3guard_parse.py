@@ -12,6 +12,8 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
+import orjson
+
 from worker.core import errors
 from worker.core.errors import (
     GuardBadReply,
@@ -227,7 +229,7 @@ def error_for_status(status: int, message: str, retry_after_s: float | None = No
 def reply_content(body: bytes) -> str:
     """``choices[0].message.content`` of a 200 chat-completions body; GuardBadReply if absent or truncated."""
     try:
-        doc = json.loads(body)
+        doc = orjson.loads(body)  # on every message's path; it refuses what it cannot read as ValueError
     except (ValueError, RecursionError):
         raise GuardBadReply(f"guard reply is not JSON ({len(body)} bytes)") from None
     choices = doc.get("choices") if isinstance(doc, dict) else None
