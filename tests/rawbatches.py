@@ -1,4 +1,4 @@
-"""Hand-built Kafka record batches, sent to the broker as they are: the test side of ``worker.batches``.
+"""Hand-built Kafka record batches, sent to the broker as they are: the test side of ``worker.kafka.batches``.
 
 Real producers (librdkafka, Java clients) can write what aiokafka's producer refuses to: header names that
 are not UTF-8, codecs that inflate a thousandfold. These helpers write record batches (format v2) byte by

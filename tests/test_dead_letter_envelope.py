@@ -236,6 +236,21 @@ def test_permanent_error_keeps_its_own_reason(error: GuardqError, reason: str) -
 
 def test_error_with_a_reason_outside_the_closed_set_still_gives_a_documented_reason() -> None:
     assert _for_failure([], GuardqError("something odd")).error_reason in REASONS
+    made_up = InvalidInput("not_a_reason", "a bug named a reason that does not exist")  # type: ignore[arg-type]
+    assert _for_failure([], made_up).error_reason == "internal_error"
+
+
+@pytest.mark.parametrize(
+    ("error", "cause"),
+    [
+        (GuardUnavailable("HTTP 503", status=503), "guard_unavailable"),
+        (GuardTimeout("timed out after 30 s"), "guard_timeout"),
+        (GuardRejected("HTTP 413"), "guard_rejected"),
+    ],
+)
+def test_a_history_entry_names_what_went_wrong_on_that_attempt(error: GuardError, cause: str) -> None:
+    # A timeout and an outage both dead-letter as retries_exhausted; their history tells them apart.
+    assert format_history_entry(error, 3, "requests")["reason"] == cause
 
 
 @pytest.mark.parametrize(

@@ -58,3 +58,15 @@ def test_the_local_backend_without_its_extra_exits_2_before_connecting(
     assert done.returncode == 2, done.stderr[-2000:]
     assert "pip install 'guardq[local]'" in done.stderr
     assert "the local guard backend" in done.stderr
+
+
+def test_an_exporter_guardq_cannot_build_exits_2_in_one_line_before_connecting() -> None:
+    env = dict(os.environ) | {
+        "OTEL_TRACES_EXPORTER": "jaeger",
+        "GUARDQ_KAFKA_BOOTSTRAP": "127.0.0.1:9",
+        "GUARDQ_REDIS_URL": "redis://127.0.0.1:9/0",
+    }
+    done = _guardq_without([], ["run"], env=env)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "OTEL_TRACES_EXPORTER='jaeger'" in lines[0]

@@ -237,7 +237,7 @@ def test_dead_letter_schema_requires_the_envelope_headers(span_factory: Any) -> 
     assert _errors("deadletter", document)
 
 
-# -- input: the schema and worker.messages.parse_request agree ------------------------------------------
+# -- input: the schema and worker.core.messages.parse_request agree ------------------------------------------
 
 
 def _sample_lines() -> list[str]:

@@ -29,6 +29,7 @@ from worker.cli.args import (
 from worker.cli.dlq import add_dlq_commands
 from worker.config.extras import MissingExtra
 from worker.config.settings import Settings, SettingsError, add_flags
+from worker.telemetry.tracing import TracingConfigError
 
 if TYPE_CHECKING:
     pass
@@ -270,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         return int(args.handler(args))
-    except (SettingsError, UsageError, MissingExtra) as exc:
+    except (SettingsError, UsageError, MissingExtra, TracingConfigError) as exc:
         print(f"guardq: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

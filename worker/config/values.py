@@ -1,4 +1,4 @@
-"""How each setting's text becomes a value: the parsers ``worker.settings.SPECS`` names. Each raises
+"""How each setting's text becomes a value: the parsers ``worker.config.settings.Settings`` names. Each raises
 ``ValueError`` with a short reason; ``Settings.load`` turns that into a one-line error naming the variable."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlparse
 
-# The smallest chunk that still carries enough context to be judged (worker.chunking.MIN_CHUNK_CHARS).
+# The smallest chunk that still carries enough context to be judged (worker.processing.chunking.MIN_CHUNK_CHARS).
 MIN_CHUNK_CHARS = 512
 
 

@@ -33,6 +33,9 @@ class GuardqError(Exception):
     fatal: bool = False
     # The reason a message failing with this error is dead-lettered with.
     reason: Reason = Reason.INTERNAL_ERROR
+    # What went wrong on one attempt, for the failure history of a dead letter when it says more than the
+    # reason (a timeout and an outage both end as retries_exhausted). None: the reason says it all.
+    cause: str | None = None
     # For retriable errors: whether exhausting the in-process attempts sends the message through the retry
     # topics, and how many in-process attempts this kind of failure gets at most (None: the policy's own).
     reschedule: bool = True
@@ -64,6 +67,7 @@ class GuardUnavailable(GuardError):
     retriable = True
     guard_down = True
     reason = Reason.RETRIES_EXHAUSTED  # once the in-process attempts and the retry topics are spent
+    cause = "guard_unavailable"
 
 
 class GuardTimeout(GuardError):
@@ -72,6 +76,7 @@ class GuardTimeout(GuardError):
     retriable = True
     guard_down = True
     reason = Reason.RETRIES_EXHAUSTED  # once the in-process attempts and the retry topics are spent
+    cause = "guard_timeout"
 
 
 class GuardBadReply(GuardError):

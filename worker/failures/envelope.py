@@ -39,7 +39,7 @@ H_RETRY_DUE_AT = _P + "retry.due_at"
 # replay's token (its guardq.replay.token) for the id: a header alone forces nothing.
 H_FORCE = _P + "force"
 H_REPLAYED_FROM = _P + "replayed_from"  # "<dlq partition>:<offset>" of the dead letter a replay came from
-# A random token per republished record, registered in Redis by `guardq dlq replay` (worker.replay_store).
+# A random token per republished record, registered in Redis by `guardq dlq replay` (worker.store.replay_marks).
 H_REPLAY_TOKEN = _P + "replay.token"
 H_TRACEPARENT = "traceparent"
 # Markers of a dead letter the broker refused whole (``failures.outbox`` writes the smaller forms).
@@ -97,7 +97,8 @@ class DeadLetterEnvelope:
         """The envelope for a record that failed now. Coordinates and counters already carried by the
         record's headers (a retry hop or a replay) are kept; otherwise the record's own are used."""
         carried = _carried_state(incoming)
-        reason = error.reason
+        # An error made with a reason outside the closed set (a bug) must still reach the DLQ, as one.
+        reason = error.reason if error.reason in REASONS else Reason.INTERNAL_ERROR
         return cls(
             original_topic=carried.get(H_TOPIC, record_topic),
             original_partition=_int_or(carried.get(H_PARTITION), record_partition),
@@ -190,7 +191,7 @@ def format_history_entry(error: GuardqError, attempts: int, topic: str) -> dict[
         "topic": topic,
         "attempts": attempts,
         "error_class": type(error).__name__,
-        "reason": error.reason,
+        "reason": error.cause or error.reason,
         "message": one_line(str(error), 200),
     }
 

@@ -3,7 +3,7 @@
 A replayed record carries the original key and value bytes, the original record's own headers, the
 original ``traceparent`` (so the verdict reports the publisher's trace id), the envelope's coordinates and
 history, ``guardq.replay_count`` + 1, ``guardq.replayed_from`` and a random ``guardq.replay.token``
-registered in Redis first (``worker.replay_store``): only with it does the worker believe those
+registered in Redis first (``worker.store.replay_marks``): only with it does the worker believe those
 ``guardq.*`` headers. It carries no attempt counter, error or retry-hop header: a replay starts a fresh
 retry budget. Which dead letters go is decided by ``plan``
 (pure); ``replay`` does the reading, the republishing and the bookkeeping in Redis (``store.py``): a dead

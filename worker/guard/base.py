@@ -1,4 +1,4 @@
-"""The guard backend protocol: one request in, one verdict out, or a ``worker.errors.GuardError``."""
+"""The guard backend protocol: one request in, one verdict out, or a ``worker.core.errors.GuardError``."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The Qwen3Guard-Gen backend: an OpenAI-compatible chat-completions client for vLLM or SGLang.
 
-Every failure leaves as one ``worker.errors.GuardError`` subclass; this module never retries (the retry
+Every failure leaves as one ``worker.core.errors.GuardError`` subclass; this module never retries (the retry
 policy lives in one place above it). Parsing and status mapping are pure code in ``qwen3guard_parse``.
 """
 

@@ -169,7 +169,7 @@ def parse_retry_after(value: str, now: float) -> float | None:
 
 
 def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    """``worker.errors.one_line`` with the shorter limit used for guard messages."""
+    """``worker.core.errors.one_line`` with the shorter limit used for guard messages."""
     return errors.one_line(text, limit)
 
 

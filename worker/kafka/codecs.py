@@ -6,7 +6,7 @@ cap, so one hostile batch could exhaust a worker's memory. ``capped_decoders`` b
 is inflated incrementally, snappy's lengths are read before inflating, lz4 and zstd inflate into a buffer
 that grows only up to the cap. ``install_inflation_cap`` puts these decoders where aiokafka's record
 readers look them up (its C and pure-Python readers bind the codec functions at import), so the fetch
-path and guardq's own batch reader (``worker.batches``) share one rule.
+path and guardq's own batch reader (``worker.kafka.batches``) share one rule.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ absorbed by idempotency.
 
 A fetch that fails (a batch aiokafka cannot decode, a broker error) never stops the loop: every partition
 is rewound to the record after the last one dispatched (a failed ``getmany`` may already have moved past
-records it then dropped), and each is read once with guardq's own reader (``worker.salvage``), which
+records it then dropped), and each is read once with guardq's own reader (``worker.kafka.salvage``), which
 hands over what decodes and marks the rest ``Undecodable``, so the loop moves past it. Only a fetch
 refused for lack of authorisation stops the worker: that is configuration, not data.
 """

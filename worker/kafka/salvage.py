@@ -1,4 +1,4 @@
-"""Reading one partition past what aiokafka cannot decode: a raw fetch, decoded by ``worker.batches``.
+"""Reading one partition past what aiokafka cannot decode: a raw fetch, decoded by ``worker.kafka.batches``.
 
 When ``getmany`` fails, aiokafka gives no way past the record that made it fail: every retry fetches
 and fails on the same batch. The fetch loop then asks ``read_partition`` for the records from the

@@ -2,7 +2,7 @@
 limiter and the retry policy around each call, and chunking for texts longer than the model's window.
 
 A text that does not fit (longer than the chars budget, or answered with a context-length 400) is split
-into overlapping chunks (``worker.chunking``); each chunk is moderated under the same rules and its verdict
+into overlapping chunks (``worker.processing.chunking``); each chunk is moderated under the same rules and its verdict
 kept in Redis under a key derived from the model and the chunk's content, so a redelivery does not pay for
 it again; the chunk verdicts fold into one. Attempts are counted exactly, over every chunk and every retry.
 """

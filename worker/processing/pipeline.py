@@ -4,13 +4,13 @@
 verdict record acknowledged by the broker, or its dead letter acknowledged. The outcome is decided in one
 place, ``_decide``:
 
-- a record the fetch could not decode → dead letter ``undecodable`` (``worker.batches``);
+- a record the fetch could not decode → dead letter ``undecodable`` (``worker.kafka.batches``);
 - bad input (or headers past the caps) → dead letter (reason from the parser);
 - a verdict already stored for this content → republish it, no guard call; for other content (a reused
   id), or a moderation of other content in flight → dead letter ``id_conflict``, no guard call;
 - guard verdict → store (first verdict wins) and publish;
 - transient guard errors that outlast the in-process retries → the next delayed retry topic, while the
-  schedule has one (``worker.schedule``); after its last step, or for a permanent guard error → dead letter;
+  schedule has one (``worker.failures.schedule``); after its last step, or for a permanent guard error → dead letter;
 - a fatal guard error (misconfiguration) → raised: the worker stops;
 - an infrastructure error (Redis, Kafka) → raised: the caller retries the message, uncommitted;
 - anything else (a bug) → dead letter with reason ``internal_error``, so one message cannot stop a partition.

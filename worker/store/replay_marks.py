@@ -1,4 +1,4 @@
-"""What `guardq dlq replay` keeps in Redis (key shapes in ``worker.keys``): which dead letters it
+"""What `guardq dlq replay` keeps in Redis (key shapes in ``worker.store.keys``): which dead letters it
 republished, which ids have a verdict, and the random token each republished record carries.
 
 A token proves to the worker that the ``guardq.*`` headers of an input record were written by a replay (a

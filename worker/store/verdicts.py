@@ -1,5 +1,5 @@
 """Redis: the verdict store, the in-flight leases and chunk verdicts. Every script is in this module;
-every key shape is in ``worker.keys``.
+every key shape is in ``worker.store.keys``.
 
 A verdict is bound to the content it judged: the stored JSON names ``content_sha256``, and each lease
 carries the hash of the content being moderated. A delivery whose id has a verdict, or a lease, for other
@@ -304,7 +304,7 @@ class VerdictStore:
         return value if value is None or isinstance(value, bytes) else str(value).encode()
 
     async def load_chunks(self, digests: list[str]) -> list[bytes | None]:
-        """The stored verdicts of chunks by content digest (``worker.chunking.chunk_digest``), None where
+        """The stored verdicts of chunks by content digest (``worker.processing.chunking.chunk_digest``), None where
         there is none yet."""
         values = await self._redis.mget([self.keys.chunk(digest) for digest in digests])
         return [
