@@ -17,6 +17,22 @@ from worker.failures.envelope import REASONS
 LIMIT = 1000
 
 
+def _safe_verdict(message_id: str, metadata: dict[str, Any], content_sha256: str) -> Verdict:
+    return Verdict(
+        id=message_id,
+        label="safe",
+        categories=[],
+        refusal=None,
+        model="m",
+        trace_id="0" * 32,
+        attempts=1,
+        latency_ms=1.0,
+        processed_at="2026-01-01T00:00:00.000Z",
+        metadata=metadata,
+        content_sha256=content_sha256,
+    )
+
+
 def _raw(document: Any) -> bytes:
     return json.dumps(document).encode("utf-8")
 
@@ -224,19 +240,7 @@ def test_number_overflowing_to_infinity_is_not_echoed_as_invalid_json() -> None:
     except InvalidInput as exc:
         assert exc.reason == "invalid_json"
         return
-    verdict = Verdict(
-        id=request.id,
-        label="safe",
-        categories=[],
-        refusal=None,
-        model="m",
-        trace_id="0" * 32,
-        attempts=1,
-        latency_ms=1.0,
-        processed_at="2026-01-01T00:00:00.000Z",
-        metadata=request.metadata,
-        content_sha256=request.content_sha256,
-    )
+    verdict = _safe_verdict(request.id, request.metadata, request.content_sha256)
 
     def refuse(name: str) -> None:
         raise ValueError(f"verdict JSON holds the non-standard constant {name}")
@@ -351,19 +355,7 @@ def test_nesting_that_parses_but_cannot_be_encoded_again_is_invalid_json() -> No
 
 
 def test_a_verdict_with_an_integer_past_64_bits_in_its_metadata_still_serialises() -> None:
-    verdict = Verdict(
-        id="big",
-        label="safe",
-        categories=[],
-        refusal=None,
-        model="m",
-        trace_id="0" * 32,
-        attempts=1,
-        latency_ms=1.5,
-        processed_at="2026-12-03T00:00:00.000Z",
-        metadata={"n": 2**70, "text": "é"},
-        content_sha256="0" * 64,
-    )
+    verdict = replace(_safe_verdict("big", {"n": 2**70, "text": "é"}, "0" * 64), latency_ms=1.5)
     document = json.loads(verdict.to_json())
     assert document["metadata"] == {"n": 2**70, "text": "é"}
     small = json.loads(replace(verdict, metadata={"n": 1}).to_json())
