@@ -28,6 +28,7 @@ from worker.kafka import clients as kafka
 from worker.kafka.codecs import install_inflation_cap
 from worker.kafka.fetchloop import FetchLoop
 from worker.ops.health import Health, OpsServer
+from worker.processing.adaptive import AdaptiveLimit
 from worker.processing.breaker import CircuitBreaker
 from worker.processing.guardcall import GuardCaller
 from worker.processing.limiter import ConcurrencyLimiter
@@ -54,6 +55,7 @@ class Worker:
     backend: GuardBackend = field(init=False)
     provider: TracerProvider = field(init=False)
     limiter: ConcurrencyLimiter = field(init=False)
+    adaptive: AdaptiveLimit | None = field(init=False)
     breaker: CircuitBreaker = field(init=False, default_factory=CircuitBreaker)
     throttle: Throttle = field(init=False, default_factory=Throttle)
     metrics: Metrics = field(init=False, default_factory=Metrics)
@@ -67,8 +69,16 @@ class Worker:
         # variable guardq cannot honour) stops the start at once.
         self.backend = self.guard or build_backend(self.settings)
         self.provider = self.tracer_provider or tracing.build_provider()
-        self.limiter = ConcurrencyLimiter(self.settings.concurrency)
-        self.health = Health(self.settings, self.metrics, self.breaker, self.limiter)
+        settings = self.settings
+        self.limiter = ConcurrencyLimiter(settings.concurrency or settings.concurrency_min)
+        self.adaptive = (
+            None
+            if settings.concurrency is not None
+            else AdaptiveLimit(
+                self.limiter, minimum=settings.concurrency_min, maximum=settings.concurrency_max
+            )
+        )
+        self.health = Health(settings, self.metrics, self.breaker, self.limiter, self.adaptive)
         self.metrics.watch(self.health.live_state)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -171,6 +181,7 @@ class Worker:
             store=store,
             chunk_chars=settings.chunk_chars,
             metrics=self.metrics,
+            adaptive=self.adaptive,
         )
         return Pipeline(
             settings,

@@ -21,6 +21,7 @@ from worker.config.values import (
     _bootstrap,
     _chunk_chars,
     _compression,
+    _concurrency,
     _http_url,
     _optional_file,
     _optional_text,
@@ -63,6 +64,20 @@ def setting(default: str, parse: Callable[[str], Any], help: str, *, secret: boo
     return dataclass_field(metadata={"setting": (default, parse, help, secret)})
 
 
+def _spelling_of_none(spec: Spec) -> str | None:
+    """How a setting left unset (None) is written when its default is not None (``auto``): None when
+    dropping the variable gives None already."""
+    if spec.parse(spec.default) is None:
+        return None
+    for candidate in ("auto", ""):
+        try:
+            if spec.parse(candidate) is None:
+                return candidate
+        except ValueError:
+            continue
+    raise ValueError(f"{spec.env} has no spelling for an unset value")
+
+
 def _key_needs_cert(key_env: str, keyfile: str | None, cert_env: str, certfile: str | None) -> None:
     if keyfile and not certfile:
         raise SettingsError(f"{key_env} needs {cert_env} (the key's certificate)")
@@ -87,7 +102,13 @@ class Settings:
     verdict_topic: str = setting("moderation.verdicts", _topic, "verdict topic")
     dlq_topic: str = setting("moderation.dlq", _topic, "dead-letter topic")
     group_id: str = setting("guardq", _text, "consumer group")
-    concurrency: int = setting("32", _positive_int, "max guard calls in flight")
+    concurrency: int | None = setting(
+        "32",
+        _concurrency,
+        "max guard calls in flight, or auto (experimental): follow the guard between _MIN and _MAX",
+    )
+    concurrency_min: int = setting("4", _positive_int, "lowest cap on guard calls with auto")
+    concurrency_max: int = setting("256", _positive_int, "highest cap on guard calls with auto")
     max_text_chars: int = setting("100000", _positive_int, "longer texts are dead-lettered")
     chunk_chars: int | None = setting(
         "auto",
@@ -154,6 +175,8 @@ class Settings:
         return settings
 
     def _check_consistency(self) -> None:
+        if self.concurrency_min > self.concurrency_max:
+            raise SettingsError("GUARDQ_CONCURRENCY_MIN must not exceed GUARDQ_CONCURRENCY_MAX")
         topics = [self.input_topic, self.verdict_topic, self.dlq_topic]
         if len(set(topics)) != len(topics):
             raise SettingsError("GUARDQ_INPUT_TOPIC, GUARDQ_VERDICT_TOPIC and GUARDQ_DLQ_TOPIC must differ")
@@ -223,9 +246,14 @@ class Settings:
         return 2 * self.guard_timeout_s + 10
 
     @property
+    def concurrency_cap(self) -> int:
+        """The most guard calls that may ever be in flight: the fixed cap, or the maximum with auto."""
+        return self.concurrency if self.concurrency is not None else self.concurrency_max
+
+    @property
     def redis_pool_size(self) -> int:
         """Connections of the verdict store's pool: two per guard call in flight, at least 16."""
-        return max(16, self.concurrency * 2)
+        return max(16, self.concurrency_cap * 2)
 
     @property
     def lease_ttl_s(self) -> float:
@@ -239,7 +267,11 @@ class Settings:
         for spec in SPECS:
             value = getattr(self, spec.field)
             if value is None:
-                env.pop(spec.env, None)
+                spelled = _spelling_of_none(spec)
+                if spelled is None:
+                    env.pop(spec.env, None)  # the default is unset too
+                else:
+                    env[spec.env] = spelled
             else:
                 env[spec.env] = ",".join(value) if isinstance(value, tuple) else str(value)
         return env

@@ -24,6 +24,16 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _concurrency(raw: str) -> int | None:
+    """A fixed cap on guard calls, or ``auto`` (None): a cap that follows the guard."""
+    if raw.strip().lower() == "auto":
+        return None
+    try:
+        return _positive_int(raw)
+    except ValueError:
+        raise ValueError("must be a positive integer or 'auto'") from None
+
+
 def _positive_float(raw: str) -> float:
     value = _number(raw, float, "a positive number")
     if not value > 0 or value == float("inf"):

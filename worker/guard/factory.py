@@ -20,7 +20,7 @@ def build_backend(settings: Settings) -> GuardBackend:
         model=settings.guard_model,
         api_key=settings.guard_api_key,
         timeout_s=settings.guard_timeout_s,
-        pool_size=settings.concurrency,
+        pool_size=settings.concurrency_cap,
         tls_verify=settings.guard_tls_verify,
         ca_file=settings.guard_ca_file,
     )

@@ -26,6 +26,7 @@ from worker import __version__
 from worker.config.settings import Settings
 from worker.core.errors import one_line
 from worker.kafka.fetchloop import FetchLoop
+from worker.processing.adaptive import AdaptiveLimit
 from worker.processing.breaker import CircuitBreaker
 from worker.processing.limiter import ConcurrencyLimiter
 from worker.telemetry.metrics import LiveState, Metrics
@@ -49,6 +50,7 @@ class Health:
     metrics: Metrics
     breaker: CircuitBreaker
     limiter: ConcurrencyLimiter
+    adaptive: AdaptiveLimit | None = None  # GUARDQ_CONCURRENCY=auto
     fetch_loop: FetchLoop | None = None
     serving: bool = False  # started and consuming
     draining: bool = False
@@ -57,6 +59,17 @@ class Health:
     stalls: deque[tuple[float, float]] = field(default_factory=deque)  # (when, seconds late)
     done_samples: deque[tuple[float, int]] = field(default_factory=deque)
     stall_s: float = STALL_S
+
+    def _concurrency(self) -> dict[str, Any]:
+        shown: dict[str, Any] = {
+            "mode": "fixed" if self.adaptive is None else "auto",
+            "limit": self.limiter.limit,
+            "in_flight": self.limiter.in_flight,
+        }
+        if self.adaptive is not None:
+            noload = self.adaptive.noload_s
+            shown["noload_latency_ms"] = round(noload * 1000, 1) if noload is not None else None
+        return shown
 
     # -- watch tasks ------------------------------------------------------------------------------
 
@@ -97,6 +110,7 @@ class Health:
             in_flight=loop.in_flight,
             guard_in_flight=self.limiter.in_flight,
             concurrency_limit=self.limiter.limit,
+            noload_latency_s=self.adaptive.noload_s if self.adaptive is not None else None,
             breaker_state=self.breaker.state.value,
             partitions=loop.partition_lags(),
             paused=loop.paused,
@@ -155,7 +169,7 @@ class Health:
             "problems": liveness["problems"],
             "checks": dict(self.checks),
             "breaker": self.breaker.state.value,
-            "concurrency": {"limit": self.limiter.limit, "in_flight": self.limiter.in_flight},
+            "concurrency": self._concurrency(),
             "in_flight": state.in_flight if state else 0,
             "paused": state.paused if state else False,
             "throughput_per_s": self.throughput_per_s(),

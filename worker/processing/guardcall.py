@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 from opentelemetry.trace import SpanKind, Tracer
 
-from worker.core.errors import GuardContextOverflow, GuardError
+from worker.core.errors import GuardContextOverflow, GuardError, GuardTimeout
 from worker.core.guard_types import GuardRequest, GuardVerdict
 from worker.guard.base import GuardBackend
 from worker.processing import chunking
+from worker.processing.adaptive import AdaptiveLimit
 from worker.processing.breaker import CircuitBreaker
 from worker.processing.limiter import ConcurrencyLimiter
 from worker.processing.retry import GuardCallFailed, RetryPolicy, until_available
@@ -62,6 +63,7 @@ class GuardCaller:
         store: VerdictStore,
         chunk_chars: int | None,
         metrics: Metrics,
+        adaptive: AdaptiveLimit | None = None,
     ) -> None:
         self._guard = guard
         self._limiter = limiter
@@ -72,6 +74,7 @@ class GuardCaller:
         self._store = store
         self._chunk_chars = chunk_chars
         self._metrics = metrics
+        self._adaptive = adaptive
 
     def _budget(self) -> int:
         if self._chunk_chars is not None:
@@ -168,11 +171,23 @@ class GuardCaller:
                     self._breaker.record(success=not exc.guard_down)
                     if exc.status == 429:
                         self._throttle.hold_for(exc.retry_after_s)
+                    self._sample(started, overloaded=_overloaded(exc))
                     raise
                 finally:
                     self._metrics.guard_latency.observe(time.monotonic() - started)
                 self._breaker.record(success=True)
+                self._sample(started, overloaded=False)
                 return verdict
+
+    def _sample(self, started: float, *, overloaded: bool) -> None:
+        """Tell the adaptive cap (GUARDQ_CONCURRENCY=auto) how this call went."""
+        if self._adaptive is not None:
+            self._adaptive.record(time.monotonic() - started, started=started, overloaded=overloaded)
+
+
+def _overloaded(error: GuardError) -> bool:
+    """A refusal for load (429, 503) or a timeout: the guard has more than it can serve."""
+    return isinstance(error, GuardTimeout) or error.status in {429, 503}
 
 
 def _verdict_to_json(verdict: GuardVerdict) -> bytes:

@@ -51,6 +51,7 @@ class LiveState:
     consumed_by_topic: dict[str, int]
     infra_retries: int
     fetch_errors: int = 0
+    noload_latency_s: float | None = None  # with GUARDQ_CONCURRENCY=auto, once measured
 
 
 class _LiveCollector(Collector):
@@ -66,6 +67,12 @@ class _LiveCollector(Collector):
         yield _gauge(
             "guardq_concurrency_limit", "Current cap on guard calls in flight", state.concurrency_limit
         )
+        if state.noload_latency_s is not None:
+            yield _gauge(
+                "guardq_guard_noload_latency_seconds",
+                "The guard's latency without queueing, as GUARDQ_CONCURRENCY=auto estimates it",
+                state.noload_latency_s,
+            )
         yield _gauge(
             "guardq_breaker_state",
             "Guard circuit breaker: 0 closed (green), 1 half-open (yellow), 2 open (red)",

@@ -1,0 +1,137 @@
+"""GUARDQ_CONCURRENCY=auto: the cap on guard calls follows what the guard can serve.
+
+vLLM queues without limit, so a cap above what the guard serves at once only adds queueing: latency,
+then timeouts and retries. The controller compares the latency of each window of calls with the guard's
+no-load latency: while the window stays within ``tolerance`` times the no-load latency the guard is not
+queueing and the cap grows (by a tenth, at least one slot) if the window used at least half of it (a
+cap nobody reaches proves nothing and is left alone); above it the cap shrinks in proportion
+(never below half). A 429, a 503 or a timeout shrinks it at once, to 0.7 of itself, once per window, and
+remembers where that happened: from there on the cap grows one slot per window past nine tenths of it
+(a guard that refuses instead of queueing shows no latency to steer by).
+
+The no-load latency is the lowest window average seen; every ``probe_every_s`` the cap drops to its
+minimum for one window to measure it afresh (a guard that got slower for good is learned that way, and a
+queue the controller itself built cannot pass for the guard's speed). Samples of calls that started before
+the probe do not count in it. Decisions go to ``ConcurrencyLimiter.set_limit``; calls in flight are never
+interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+
+from worker.processing.limiter import ConcurrencyLimiter
+
+log = logging.getLogger(__name__)
+
+GROWTH = 0.1
+BACKOFF = 0.7
+MIN_WINDOW = 16
+PROBE_WINDOW = 32
+LOGGED_CHANGE = 0.25  # a change of the cap by a quarter or more since the last logged value is logged
+
+
+class AdaptiveLimit:
+    """Resizes ``limiter`` between ``minimum`` and ``maximum`` from the latency of guard calls."""
+
+    def __init__(
+        self,
+        limiter: ConcurrencyLimiter,
+        *,
+        minimum: int,
+        maximum: int,
+        tolerance: float = 1.3,
+        probe_every_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 1 <= minimum <= maximum:
+            raise ValueError("need 1 <= minimum <= maximum")
+        self._limiter = limiter
+        self._minimum = minimum
+        self._maximum = maximum
+        self._tolerance = tolerance
+        self._probe_every_s = probe_every_s
+        self._clock = clock
+        self._limit = float(minimum)
+        self._logged = minimum
+        self.noload_s: float | None = None
+        self._sum = 0.0
+        self._count = 0
+        self._backed_off = False
+        self._busy = False
+        self._cautious_above = float(maximum)  # nine tenths of the cap at the last overload
+        # The first window measures the no-load latency at the minimum cap.
+        self._probe_since: float | None = clock()
+        self._resume_at = minimum
+        self._next_probe = clock() + probe_every_s
+        limiter.set_limit(minimum)
+
+    @property
+    def limit(self) -> int:
+        return self._limiter.limit
+
+    def record(self, latency_s: float, *, started: float, overloaded: bool) -> None:
+        """One guard call ended: it took ``latency_s``, began at ``started`` (the clock's time), and
+        ``overloaded`` says the guard refused it for load (429, 503) or it timed out."""
+        if overloaded:
+            if not self._backed_off:
+                self._backed_off = True
+                self._cautious_above = 0.9 * self._limit
+                self._apply(self._limit * BACKOFF, why="the guard is overloaded")
+            return
+        if self._probe_since is not None and started < self._probe_since:
+            return  # queued behind the larger cap: it says nothing of the no-load latency
+        self._sum += latency_s
+        self._count += 1
+        # Called while the call still holds its slot: in_flight counts it.
+        self._busy |= 2 * self._limiter.in_flight >= self._limiter.limit
+        window = PROBE_WINDOW if self._probe_since is not None else max(MIN_WINDOW, self._limiter.limit)
+        if self._count < window:
+            return
+        average = self._sum / self._count
+        busy, self._busy = self._busy, False
+        self._sum, self._count, self._backed_off = 0.0, 0, False
+        if self._probe_since is not None:
+            self._end_probe(average)
+            return
+        self._adjust(average, busy=busy)
+        if self._clock() >= self._next_probe:
+            self._begin_probe()
+
+    def _adjust(self, average: float, *, busy: bool) -> None:
+        if self.noload_s is None or average < self.noload_s:
+            self.noload_s = average
+        gradient = self._tolerance * self.noload_s / max(average, 1e-9)
+        if gradient >= 1.0:
+            if not busy:
+                return
+            step = 1.0 if self._limit >= self._cautious_above else max(1.0, self._limit * GROWTH)
+            self._apply(self._limit + step, why="the guard keeps up")
+        else:
+            self._apply(self._limit * max(0.5, gradient), why="the guard is queueing")
+
+    def _begin_probe(self) -> None:
+        self._resume_at = self._limiter.limit
+        self._probe_since = self._clock()
+        self._limiter.set_limit(self._minimum)
+
+    def _end_probe(self, average: float) -> None:
+        self.noload_s = average
+        self._probe_since = None
+        self._next_probe = self._clock() + self._probe_every_s
+        self._limiter.set_limit(self._resume_at)
+
+    def _apply(self, wanted: float, *, why: str) -> None:
+        self._limit = min(float(self._maximum), max(float(self._minimum), wanted))
+        if self._probe_since is not None:
+            self._resume_at = min(self._resume_at, math.floor(self._limit))
+            return
+        limit = math.floor(self._limit)
+        self._limiter.set_limit(limit)
+        if abs(limit - self._logged) >= LOGGED_CHANGE * self._logged:
+            noload = f"{self.noload_s * 1000:.0f} ms" if self.noload_s is not None else "unknown"
+            log.info("guard concurrency %d -> %d (%s; no-load latency %s)", self._logged, limit, why, noload)
+            self._logged = limit
