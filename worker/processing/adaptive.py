@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 GROWTH = 0.1
 BACKOFF = 0.7
-MIN_WINDOW = 16
+MIN_WINDOW = 32
 PROBE_WINDOW = 32
 LOGGED_CHANGE = 0.25  # a change of the cap by a quarter or more since the last logged value is logged
 
@@ -88,7 +88,7 @@ class AdaptiveLimit:
         self._count += 1
         # Called while the call still holds its slot: in_flight counts it.
         self._busy |= 2 * self._limiter.in_flight >= self._limiter.limit
-        window = PROBE_WINDOW if self._probe_since is not None else max(MIN_WINDOW, self._limiter.limit)
+        window = PROBE_WINDOW if self._probe_since is not None else max(MIN_WINDOW, 2 * self._limiter.limit)
         if self._count < window:
             return
         average = self._sum / self._count
