@@ -132,7 +132,7 @@ class DeadLetterEnvelope:
             (H_ATTEMPTS, str(self.attempts)),
             (H_FIRST_FAILED_AT, self.first_failed_at),
             (H_REPLAY_COUNT, str(self.replay_count)),
-            (H_HISTORY, json.dumps(list(self.history[-HISTORY_LIMIT:]), separators=(",", ":"))),
+            (H_HISTORY, self.history_json),
             (H_RETRY_HOP, str(self.retry_hop)),
         ]
         if self.due_at is not None:
@@ -140,6 +140,11 @@ class DeadLetterEnvelope:
         if self.traceparent:
             pairs.append((H_TRACEPARENT, self.traceparent))
         return [(name, value.encode("utf-8")) for name, value in pairs]
+
+    @property
+    def history_json(self) -> str:
+        """The newest ``HISTORY_LIMIT`` history entries as compact JSON (the ``guardq.history`` header)."""
+        return json.dumps(list(self.history[-HISTORY_LIMIT:]), separators=(",", ":"))
 
     @classmethod
     def from_headers(cls, headers: Sequence[tuple[str, bytes | None]]) -> DeadLetterEnvelope:
@@ -250,7 +255,7 @@ def replay_headers(
         (H_OFFSET, str(envelope.original_offset)),
         (H_TIMESTAMP, envelope.original_timestamp),
         (H_FIRST_FAILED_AT, envelope.first_failed_at),
-        (H_HISTORY, json.dumps(list(envelope.history[-HISTORY_LIMIT:]), separators=(",", ":"))),
+        (H_HISTORY, envelope.history_json),
         (H_REPLAY_COUNT, str(envelope.replay_count + 1)),
         (H_REPLAYED_FROM, replayed_from),
         (H_REPLAY_TOKEN, token),
