@@ -246,7 +246,8 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
     async def commit_within(self, timeout_s: float, only: set[TopicPartition] | None = None) -> None:
         """``commit``, but give up after ``timeout_s`` (a broker outage must not hold up a stop or a rebalance)."""
         try:
-            await asyncio.wait_for(self.commit(only), timeout=timeout_s)
+            async with asyncio.timeout(timeout_s):  # keeps a cancellation, unlike 3.11's wait_for
+                await self.commit(only)
         except TimeoutError:
             log.warning(
                 "commit did not finish within %g s; the uncommitted records will be redelivered", timeout_s

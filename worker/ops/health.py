@@ -191,7 +191,10 @@ class Health:
 
 async def _check(probe: Any) -> str:
     try:
-        await asyncio.wait_for(probe, CHECK_TIMEOUT_S)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that arrives as the
+        # probe finishes, and this loop would then outlive the drain that cancelled it.
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            await probe
     except Exception as exc:  # any failure means "not reachable"; say which
         return one_line(f"{type(exc).__name__}: {exc}", 200)
     return "ok"

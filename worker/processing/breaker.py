@@ -192,6 +192,9 @@ class CircuitBreaker:
     async def _await_trials(self) -> None:
         # Trial calls that never report (their callers were cancelled) must not leave it half-open forever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._settled.wait(), self._policy.half_open_timeout_s)
+            async with asyncio.timeout(
+                self._policy.half_open_timeout_s
+            ):  # keeps a cancellation, unlike wait_for
+                await self._settled.wait()
         if self._state is BreakerState.HALF_OPEN:
             self._open("trial calls did not finish in time")

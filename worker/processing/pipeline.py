@@ -263,7 +263,9 @@ class Pipeline:
             local = self._moderating.get(request.id)
             if local is not None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(local.wait(), timeout=max(wait_s, self._store.lease_ttl_s))
+                    # asyncio.timeout keeps a drain's cancellation (3.11's wait_for may lose it).
+                    async with asyncio.timeout(max(wait_s, self._store.lease_ttl_s)):
+                        await local.wait()
                 continue
             await asyncio.sleep(wait_s)
             poll_s = min(poll_s * 2, LEASE_POLL_MAX_S)
