@@ -60,10 +60,17 @@ async def test_health_ready_metrics_and_status_while_moderating(
         await wait_until(ready, timeout_s=15, what="/readyz 200")
 
         async def all_published() -> bool:
-            # A verdict is stored in Redis before it is published and counted: wait for the count.
-            return _sample((await _get(worker, "/metrics"))[1], 'guardq_verdicts_total{label="safe"}') >= 30
+            # A verdict is stored in Redis before it is published and counted: wait for both counts (a
+            # label's line appears with its first count).
+            text = (await _get(worker, "/metrics"))[1]
+            labels = ('guardq_verdicts_total{label="safe"} ', 'guardq_verdicts_total{label="unsafe"} ')
+            if not all(label in text for label in labels):
+                return False
+            return _sample(text, 'guardq_verdicts_total{label="safe"}') >= 30 and (
+                _sample(text, 'guardq_verdicts_total{label="unsafe"}') >= 1
+            )
 
-        await wait_until(all_published, timeout_s=15, what="30 safe verdicts counted as published")
+        await wait_until(all_published, timeout_s=15, what="31 verdicts counted as published")
         status, metrics = await _get(worker, "/metrics")
         assert status == 200
         assert _sample(metrics, 'guardq_verdicts_total{label="safe"}') == 30
