@@ -1,252 +1,312 @@
-"""`make bench`: throughput and memory of a real worker process against the simulated guard.
+"""`make bench`: guardq beside a plain baseline worker (``bench.baseline``), one stack, one run.
 
-Scenarios (8 partitions, GUARDQ_CONCURRENCY=64, tansu + Redis on this machine):
-1. lognormal guard latency, mean 100 ms, sigma 1: throughput against the ideal 64 / mean latency;
-2. instant guard: pipeline msgs/s beside the raw rate of bare aiohttp requests to the same server;
-3. a 100k-message backlog drained by one worker: its peak RSS (VmHWM).
+Rounds (8 partitions; tansu, Redis and the simulated guard on this machine; ``--rounds`` picks some):
+- instant: an instant guard, 18,000 messages: msg/s and CPU ms per message of the baseline, guardq with
+  a fixed cap of 64 and guardq on ``auto``;
+- lognormal: mean 100 ms, sigma 1, each latency drawn from the text (every contestant sees the same
+  set): guardq (cap 64) against the ideal 64 / 100 ms and the bound a perfect 64-slot scheduler reaches on
+  that set; the baseline on a smaller set (it is slow there);
+- capacity: a guard serving K = 16 at once in 50 ms (ideal 320 msg/s): one guardq on ``auto`` (and the
+  requests at the guard, served plus queued), four sharing it (each one's share), and a guard that answers
+  429 above K (the share of 429s, dead letters);
+- start: spawn → first guard call (guardq, baseline); SIGTERM with 64 calls of 2 s in flight: the time
+  to exit and the guard calls started after the signal;
+- backlog: a pre-filled backlog (100k; ``--backlog 1000000`` for the full round) drained by one guardq:
+  msg/s and peak RSS.
 
-Throughput is measured on the verdict topic, from the first verdict to the last, so consumer-group
-start-up is not counted. Results are printed as a table and written to bench/results/.
+Throughput is measured on the verdict topic from the first verdict to the last, so start-up is not
+counted. Results are printed and written to bench/results/latest.json. Not a test: figures, not verdicts.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from worker.config.settings import Settings
+from bench.harness import (
+    BASELINE,
+    GUARDQ,
+    Contestant,
+    Services,
+    cleanup,
+    fill,
+    rates,
+    sample_at_guard,
+    settings_for,
+    sim_config,
+    sim_stats,
+    texts,
+    watch,
+)
 from worker.dev import stack
-from worker.kafka import clients as kafka
-from worker.kafka.reading import records
-from worker.store.verdicts import delete_prefix
+from worker.dev.sim.faults import text_latency_s
 
-CONCURRENCY = 64
-PARTITIONS = 8
 RESULTS = Path(__file__).parent / "results"
+CAP = 64
+K, SERVICE_MS = 16, 50.0
+Round = Callable[[Services, argparse.Namespace], Awaitable[dict[str, Any]]]
 
 
-@dataclass
-class Services:
-    bootstrap: str
-    redis_url: str
-    guard_url: str
-    sim: subprocess.Popen[str]
-    workdir: Path
-
-
-def _settings(services: Services, run: str) -> Settings:
-    return Settings.load(
-        {
-            "GUARDQ_KAFKA_BOOTSTRAP": services.bootstrap,
-            "GUARDQ_REDIS_URL": services.redis_url,
-            "GUARDQ_REDIS_PREFIX": f"guardq-bench-{run}:",
-            "GUARDQ_GUARD_URL": services.guard_url,
-            "GUARDQ_INPUT_TOPIC": f"bench-{run}.requests",
-            "GUARDQ_VERDICT_TOPIC": f"bench-{run}.verdicts",
-            "GUARDQ_DLQ_TOPIC": f"bench-{run}.dlq",
-            "GUARDQ_GROUP_ID": f"bench-{run}",
-            "GUARDQ_CONCURRENCY": str(CONCURRENCY),
-            "GUARDQ_TOPIC_PARTITIONS": str(PARTITIONS),
-            "GUARDQ_GUARD_TIMEOUT_S": "30",
-            "GUARDQ_HTTP_HOST": "127.0.0.1",
-            "GUARDQ_HTTP_PORT": "0",
-        }
-    )
-
-
-async def _sim_config(services: Services, **knobs: Any) -> None:
-    root = services.guard_url.removesuffix("/v1")
-    async with aiohttp.ClientSession() as session:
-        async with session.post(root + "/sim/config", json=knobs) as response:
-            response.raise_for_status()
-        async with session.post(root + "/sim/reset") as response:
-            response.raise_for_status()
-
-
-async def _fill(settings: Settings, count: int) -> None:
-    """Publish ``count`` requests quickly (batched sends, acks=all)."""
-    await kafka.ensure_topics(settings)
-    producer = kafka.make_producer(settings, linger_ms=20)
-    await producer.start()
-    try:
-        for start in range(0, count, 2000):
-            futures = []
-            for i in range(start, min(count, start + 2000)):
-                value = json.dumps(
-                    {"id": f"b{i}", "text": f"benchmark message number {i} about cooking"}
-                ).encode()
-                futures.append(await producer.send(settings.input_topic, value, key=f"b{i}".encode()))
-            await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
-async def _watch(settings: Settings, count: int, timeout_s: float) -> list[float]:
-    """Arrival time of each distinct verdict, in order."""
-    seen: set[bytes] = set()
-    arrivals: list[float] = []
-    async for record in records(settings, settings.verdict_topic, from_beginning=True, timeout_s=timeout_s):
-        if record.key not in seen:
-            seen.add(record.key)
-            arrivals.append(time.monotonic())
-            if len(seen) >= count:
-                break
-    return arrivals
-
-
-def _rates(arrivals: list[float]) -> dict[str, float]:
-    """Whole-run rate (first to last verdict) and steady-state rate (5th to 95th percentile of arrivals):
-    the steady figure leaves out the ramp-up and the drain of the slowest calls at the very end."""
-    if len(arrivals) < 20:
-        return {"seconds": 0.0, "msgs_per_s": 0.0, "steady_msgs_per_s": 0.0}
-    whole = max(arrivals[-1] - arrivals[0], 1e-9)
-    low, high = len(arrivals) * 5 // 100, len(arrivals) * 95 // 100
-    steady = max(arrivals[high] - arrivals[low], 1e-9)
-    return {
-        "seconds": round(whole, 2),
-        "msgs_per_s": round((len(arrivals) - 1) / whole, 1),
-        "steady_msgs_per_s": round((high - low) / steady, 1),
-    }
-
-
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-async def _drain_with_worker(
-    services: Services, settings: Settings, count: int, timeout_s: float
+async def drain(
+    services: Services, count: int, command: tuple[str, ...] = GUARDQ, timeout_s: float = 600, **env: str
 ) -> dict[str, Any]:
-    """Run `guardq run` on a pre-filled backlog of ``count`` and time the verdicts."""
-    await _fill(settings, count)
-    log = (services.workdir / f"worker-{settings.group_id}.log").open("ab")
-    worker = subprocess.Popen(  # noqa: ASYNC220 - started once; the benchmark's own loop is not latency-bound here
-        [sys.executable, "-m", "worker", "run"], env=settings.child_env(os.environ), stdout=log, stderr=log
-    )
+    """Fill a fresh topic with ``count`` messages, run one contestant on it until every verdict is out."""
+    settings = settings_for(services, **env)
+    await fill(settings, count)
+    worker = Contestant(services, settings, command)
     try:
-        arrivals = await _watch(settings, count, timeout_s)
-        rss_mb = _peak_rss_mb(worker.pid)
+        arrivals = await watch(settings, count, timeout_s)
+        cpu_s, rss_mb = worker.cpu_s(), worker.peak_rss_mb()
     finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=60)
-        log.close()
-        await delete_prefix(services.redis_url, settings.redis_prefix)
+        worker.stop()
+        await cleanup(services, settings)
     return {
         "messages": count,
         "completed": len(arrivals),
-        **_rates(arrivals),
+        **rates(arrivals),
+        "cpu_ms_per_msg": round(cpu_s * 1000 / max(len(arrivals), 1), 3),
         "peak_rss_mb": round(rss_mb, 1),
     }
 
 
-async def _raw_http_rate(guard_url: str, seconds: float) -> float:
-    """Bare aiohttp chat-completion requests from this process, 64 at a time: the HTTP path's ceiling."""
-    body = {
-        "model": "Qwen/Qwen3Guard-Gen-8B",
-        "messages": [{"role": "user", "content": "hello"}],
-        "max_tokens": 128,
-    }
-    done = 0
-    deadline = time.monotonic() + seconds
-    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def loop() -> None:
-            nonlocal done
-            while time.monotonic() < deadline:
-                async with session.post(guard_url + "/chat/completions", json=body) as response:
-                    await response.read()
-                done += 1
-
-        started = time.monotonic()
-        await asyncio.gather(*(loop() for _ in range(CONCURRENCY)))
-        return done / (time.monotonic() - started)
-
-
-async def _scenarios(services: Services, args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    # The HTTP path's ceiling first, while nothing else runs.
-    await _sim_config(services, latency_dist="fixed", latency_ms=0, capacity=256)
-    raw = await _raw_http_rate(services.guard_url, 8.0)
-    mean_ms, sigma = 100.0, 1.0
-    await _sim_config(
-        services, latency_dist="lognormal", latency_mean_ms=mean_ms, latency_sigma=sigma, capacity=256
-    )
-    lognormal = await _drain_with_worker(
-        services, _settings(services, uuid.uuid4().hex[:8]), args.lognormal, 300
-    )
-    ideal = CONCURRENCY / (mean_ms / 1000)
-    lognormal |= {
-        "ideal_msgs_per_s": ideal,
-        "ratio_to_ideal": round(lognormal["msgs_per_s"] / ideal, 3),
-        "steady_ratio_to_ideal": round(lognormal["steady_msgs_per_s"] / ideal, 3),
-    }
-    results["lognormal_100ms_sigma1"] = lognormal
-    print_row(
-        "lognormal 100 ms, s=1",
-        lognormal,
-        f"{lognormal['ratio_to_ideal']:.2f} (steady {lognormal['steady_ratio_to_ideal']:.2f}) x ideal {ideal:.0f}/s,"
-        " target >= 0.85",
-    )
-
-    await _sim_config(services, latency_dist="fixed", latency_ms=0, capacity=256)
-    instant = await _drain_with_worker(services, _settings(services, uuid.uuid4().hex[:8]), args.instant, 300)
-    instant |= {
-        "raw_http_req_per_s": round(raw, 1),
-        "ratio_to_raw_http": round(instant["msgs_per_s"] / raw, 3),
-    }
-    results["instant_guard"] = instant
-    print_row("instant guard", instant, f"{instant['ratio_to_raw_http']:.2f} x raw aiohttp {raw:.0f} req/s")
-
-    backlog = await _drain_with_worker(services, _settings(services, uuid.uuid4().hex[:8]), args.backlog, 600)
-    results["backlog_100k_rss"] = backlog
-    print_row(
-        f"{args.backlog // 1000}k backlog",
-        backlog,
-        f"peak RSS {backlog['peak_rss_mb']:.0f} MB, target <= 150",
-    )
-    return results
-
-
-def print_row(name: str, result: dict[str, Any], verdict: str) -> None:
+def show(name: str, result: dict[str, Any], note: str = "") -> None:
     print(
-        f"{name:<24}{result['completed']:>8}/{result['messages']:<8}{result['msgs_per_s']:>8.0f} msg/s"
-        f" ({result['steady_msgs_per_s']:.0f} steady)"
-        f"{result['peak_rss_mb']:>9.0f} MB   {verdict}",
+        f"  {name:<30}{result['completed']:>7}/{result['messages']:<7}{result['msgs_per_s']:>8.0f} msg/s"
+        f" (steady {result['steady_msgs_per_s']:.0f}){result['cpu_ms_per_msg']:>7.2f} ms CPU/msg"
+        f"{result['peak_rss_mb']:>6.0f} MB  {note}",
         flush=True,
     )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+async def instant_round(services: Services, args: argparse.Namespace) -> dict[str, Any]:
+    await sim_config(services, latency_dist="fixed", latency_ms=0, capacity=256)
+    out = {
+        "baseline": await drain(services, args.instant, BASELINE),
+        "guardq_cap64": await drain(services, args.instant, concurrency=str(CAP)),
+        "guardq_auto": await drain(services, args.instant, concurrency="auto"),
+    }
+    base = out["baseline"]["msgs_per_s"]
+    for name, result in out.items():
+        result["x_baseline"] = round(result["msgs_per_s"] / base, 2) if base else None
+        show(name, result, f"{result['x_baseline']} x baseline")
+    return out
+
+
+def perfect_bound(latencies: list[float], slots: int) -> float:
+    """msg/s of a perfect ``slots``-wide scheduler on this set: each slot takes the next call the moment
+    it is free, with no overhead at all."""
+    free_at = [0.0] * slots
+    for latency in latencies:
+        heapq.heappush(free_at, heapq.heappop(free_at) + latency)
+    return len(latencies) / max(free_at)
+
+
+async def lognormal_round(services: Services, args: argparse.Namespace) -> dict[str, Any]:
+    mean_ms, sigma = 100.0, 1.0
+    await sim_config(
+        services,
+        latency_dist="lognormal",
+        latency_mean_ms=mean_ms,
+        latency_sigma=sigma,
+        latency_from_text=True,
+        capacity=256,
     )
-    parser.add_argument("--lognormal", type=int, default=15000, help="messages in the lognormal scenario")
-    parser.add_argument("--instant", type=int, default=15000, help="messages in the instant-guard scenario")
-    parser.add_argument("--backlog", type=int, default=100_000, help="messages in the RSS scenario")
+    ideal = CAP / (mean_ms / 1000)
+    bound = perfect_bound([text_latency_s(t, mean_ms, sigma) for t in texts(args.lognormal)], CAP)
+    guardq = await drain(services, args.lognormal, concurrency=str(CAP))
+    base = await drain(services, args.lognormal // 5, BASELINE)
+    for name, result in (("guardq_cap64", guardq), ("baseline", base)):
+        result |= {
+            "ideal_msgs_per_s": ideal,
+            "perfect_scheduler_msgs_per_s": round(bound, 1),
+            "ratio_to_ideal": round(result["msgs_per_s"] / ideal, 3),
+        }
+        show(name, result, f"{result['ratio_to_ideal']:.2f} x ideal {ideal:.0f}; perfect scheduler {bound:.0f}")
+    return {"guardq_cap64": guardq, "baseline": base}
+
+
+async def one_auto_worker(services: Services, count: int) -> dict[str, Any]:
+    stop, samples = asyncio.Event(), list[int]()
+    sampler = asyncio.create_task(sample_at_guard(services, stop, samples))
+    try:
+        result = await drain(services, count, concurrency="auto")
+    finally:
+        stop.set()
+        await sampler
+    busy = [s for s in samples if s > 0]
+    result["mean_at_guard"] = round(sum(busy) / max(len(busy), 1), 1)
+    result["ratio_to_ideal"] = round(result["msgs_per_s"] / (K * 1000 / SERVICE_MS), 3)
+    return result
+
+
+async def shared_guard(services: Services, count: int, workers: int) -> dict[str, Any]:
+    settings = settings_for(services, concurrency="auto")
+    await fill(settings, count)
+    fleet = [Contestant(services, settings, GUARDQ) for _ in range(workers)]
+    try:
+        arrivals = await watch(settings, count, 600)
+        shares = [await worker.metric("guardq_outcomes_total", 'outcome="moderated"') for worker in fleet]
+        cpu = sum(worker.cpu_s() for worker in fleet)
+    finally:
+        for worker in fleet:
+            worker.stop()
+        await cleanup(services, settings)
+    result = {"messages": count, "completed": len(arrivals), **rates(arrivals)}
+    result |= {"cpu_ms_per_msg": round(cpu * 1000 / max(len(arrivals), 1), 3), "peak_rss_mb": 0.0}
+    result["per_worker_moderated"] = [int(share) for share in shares]
+    result["ratio_to_ideal"] = round(result["msgs_per_s"] / (K * 1000 / SERVICE_MS), 3)
+    return result
+
+
+async def refusing_guard(services: Services, count: int) -> dict[str, Any]:
+    settings = settings_for(services, concurrency="auto")
+    await fill(settings, count)
+    worker = Contestant(services, settings, GUARDQ)
+    try:
+        arrivals = await watch(settings, count, 600)
+        dead = await worker.metric("guardq_dead_letters_total")
+        cpu_s = worker.cpu_s()
+    finally:
+        worker.stop()
+        await cleanup(services, settings)
+    stats = await sim_stats(services)
+    refused = int(stats["faults"].get("overload", 0))
+    result = {"messages": count, "completed": len(arrivals), **rates(arrivals)}
+    result |= {"cpu_ms_per_msg": round(cpu_s * 1000 / max(len(arrivals), 1), 3), "peak_rss_mb": 0.0}
+    result |= {
+        "guard_requests": stats["requests"],
+        "answered_429": refused,
+        "share_429": round(refused / max(stats["requests"], 1), 4),
+        "dead_letters": int(dead),
+    }
+    return result
+
+
+async def capacity_round(services: Services, args: argparse.Namespace) -> dict[str, Any]:
+    ideal = K * 1000 / SERVICE_MS
+    await sim_config(services, latency_dist="fixed", latency_ms=SERVICE_MS, capacity=K)
+    one = await one_auto_worker(services, args.capacity)
+    show("auto, one worker", one, f"{one['ratio_to_ideal']:.2f} x {ideal:.0f}; at guard {one['mean_at_guard']}")
+    await sim_config(services, latency_dist="fixed", latency_ms=SERVICE_MS, capacity=K)
+    four = await shared_guard(services, args.capacity, 4)
+    show("auto, four workers", four, f"{four['ratio_to_ideal']:.2f} x {ideal:.0f}; {four['per_worker_moderated']}")
+    await sim_config(
+        services, latency_dist="fixed", latency_ms=SERVICE_MS, capacity=K, reject_above_capacity=True
+    )
+    refusing = await refusing_guard(services, args.capacity)
+    show(
+        "auto, 429 above K",
+        refusing,
+        f"429s {refusing['share_429']:.1%} of calls, {refusing['dead_letters']} dead letters",
+    )
+    await sim_config(services, reject_above_capacity=False, capacity=256)
+    return {"one_worker": one, "four_workers": four, "refusing_guard": refusing}
+
+
+async def first_call_s(services: Services, command: tuple[str, ...]) -> float:
+    """Spawn → the guard's first request, for a topic that already holds work."""
+    settings = settings_for(services)
+    await fill(settings, 200)
+    await sim_config(services, latency_dist="fixed", latency_ms=0, capacity=256)
+    worker = Contestant(services, settings, command)
+    try:
+        deadline = worker.started + 60
+        while (await sim_stats(services))["requests"] == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return round(time.monotonic() - worker.started, 2)
+    finally:
+        worker.stop()
+        await cleanup(services, settings)
+
+
+async def sigterm_in_flight(services: Services) -> dict[str, Any]:
+    """64 calls of 2 s in flight, a 2,000-message backlog behind them: SIGTERM."""
+    await sim_config(services, latency_dist="fixed", latency_ms=2000, capacity=256)
+    settings = settings_for(services, concurrency=str(CAP))
+    await fill(settings, 2000)
+    worker = Contestant(services, settings, GUARDQ)
+    try:
+        deadline = time.monotonic() + 60
+        while (await sim_stats(services))["in_flight"] < CAP and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        before = (await sim_stats(services))["requests"]
+        exit_s = await asyncio.to_thread(worker.stop, 60)
+        after = (await sim_stats(services))["requests"]
+    finally:
+        worker.stop()
+        await cleanup(services, settings)
+    return {"exit_s": round(exit_s, 2), "calls_started_after_sigterm": after - before}
+
+
+async def start_round(services: Services, args: argparse.Namespace) -> dict[str, Any]:
+    out = {
+        "spawn_to_first_call_s": {
+            "guardq": await first_call_s(services, GUARDQ),
+            "baseline": await first_call_s(services, BASELINE),
+        },
+        "sigterm_64_in_flight": await sigterm_in_flight(services),
+    }
+    print(f"  spawn -> first guard call: {out['spawn_to_first_call_s']}", flush=True)
+    print(f"  SIGTERM, 64 x 2 s in flight: {out['sigterm_64_in_flight']}", flush=True)
+    return out
+
+
+async def backlog_round(services: Services, args: argparse.Namespace) -> dict[str, Any]:
+    await sim_config(services, latency_dist="fixed", latency_ms=0, capacity=256)
+    result = await drain(services, args.backlog, timeout_s=3600)
+    show(f"{args.backlog:,} backlog", result, "peak RSS target <= 150 MB")
+    return result
+
+
+ROUNDS: dict[str, Round] = {
+    "instant": instant_round,
+    "lognormal": lognormal_round,
+    "capacity": capacity_round,
+    "start": start_round,
+    "backlog": backlog_round,
+}
+
+
+async def run_rounds(services: Services, args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name in args.rounds:
+        print(name, flush=True)
+        results[name] = await ROUNDS[name](services, args)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--rounds",
+        type=lambda text: [name for name in text.split(",") if name],
+        default=list(ROUNDS),
+        help=f"comma-separated, of: {', '.join(ROUNDS)}",
+    )
+    parser.add_argument("--instant", type=int, default=18_000, help="messages per instant contestant")
+    parser.add_argument("--lognormal", type=int, default=15_000, help="messages in the lognormal round")
+    parser.add_argument("--capacity", type=int, default=9_000, help="messages per capacity-K round")
+    parser.add_argument("--backlog", type=int, default=100_000, help="messages in the backlog round")
     args = parser.parse_args()
+    unknown = [name for name in args.rounds if name not in ROUNDS]
+    if unknown:
+        parser.error(f"unknown round(s): {', '.join(unknown)}")
     with (
         tempfile.TemporaryDirectory(prefix="guardq-bench-") as tmp,
         stack.embedded_services("redis://127.0.0.1:6379/0") as (bootstrap, redis_url),
     ):
-        workdir = Path(tmp)
         sim = subprocess.Popen(
             [sys.executable, "-m", "worker", "guard-sim", "--port", "0", "--capacity", "256"],
             stdout=subprocess.PIPE,
@@ -254,13 +314,8 @@ def main() -> int:
         )
         assert sim.stdout is not None
         guard_url = sim.stdout.readline().strip().removeprefix("guard-sim listening on ")
-        services = Services(bootstrap, redis_url, guard_url, sim, workdir)
-        print(
-            f"{'scenario':<24}{'done/total':<16}{'throughput (steady)':<27}{'RSS':>6}   against target",
-            flush=True,
-        )
         try:
-            results = asyncio.run(_scenarios(services, args))
+            results = asyncio.run(run_rounds(Services(bootstrap, redis_url, guard_url, Path(tmp)), args))
         finally:
             sim.terminate()
             sim.wait(timeout=10)
@@ -268,8 +323,6 @@ def main() -> int:
     document = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "concurrency": CONCURRENCY,
-        "partitions": PARTITIONS,
         "results": results,
     }
     (RESULTS / "latest.json").write_text(json.dumps(document, indent=2) + "\n")

@@ -184,6 +184,8 @@ async def test_stats_count_calls_and_traceparent_per_content_hash(make_client: M
     assert stats["calls_by_content"][key] == 2
     assert stats["traceparent_by_content"] == {key: traceparent}
     assert stats["faults"] == {"503": 1}
+    brief = await (await client.get("/sim/stats?brief=1")).json()
+    assert brief == {k: v for k, v in stats.items() if not k.endswith("_by_content")}
 
 
 def test_per_content_maps_are_bounded() -> None:

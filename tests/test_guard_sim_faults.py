@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from tests.simclient import MakeClient, chat, make_client, prompt, verdict_text
-from worker.dev.sim.faults import CapacityGate, sample_latency_s
+from worker.dev.sim.faults import CapacityGate, sample_latency_s, text_latency_s
 from worker.dev.sim.server import SimConfig, classify
 
 pytestmark = pytest.mark.integration
@@ -123,13 +123,34 @@ async def test_rate_one_faults_every_call(make_client: MakeClient) -> None:
 def test_lognormal_latency_mean_matches_configured_mean() -> None:
     config = SimConfig(latency_dist="lognormal", latency_mean_ms=20.0, latency_sigma=0.5)
     rng = random.Random(0)
-    samples = [sample_latency_s(config, rng) for _ in range(300)]
+    samples = [sample_latency_s(config, rng, "same text") for _ in range(300)]
     assert statistics.fmean(samples) == pytest.approx(0.020, rel=0.2)
     assert len(set(samples)) == 300
 
 
+def test_latency_from_text_is_the_same_for_the_same_text_and_keeps_the_mean() -> None:
+    config = SimConfig(
+        latency_dist="lognormal", latency_mean_ms=20.0, latency_sigma=0.5, latency_from_text=True
+    )
+    texts = [f"message {i}" for i in range(2000)]
+    first = [sample_latency_s(config, random.Random(1), text) for text in texts]
+    again = [sample_latency_s(config, random.Random(2), text) for text in texts]
+    assert first == again
+    assert first[0] == text_latency_s("message 0", 20.0, 0.5)
+    assert statistics.fmean(first) == pytest.approx(0.020, rel=0.1)
+    assert len(set(first)) == 2000
+
+
 def test_fixed_latency_is_latency_ms() -> None:
-    assert sample_latency_s(SimConfig(latency_ms=250), random.Random(0)) == 0.25
+    assert sample_latency_s(SimConfig(latency_ms=250), random.Random(0), "text") == 0.25
+
+
+async def test_reject_above_capacity_answers_429_instead_of_queueing(make_client: MakeClient) -> None:
+    client = await make_client(capacity=2, latency_ms=300, reject_above_capacity=True)
+    responses = await asyncio.gather(*(chat(client, prompt(f"call {i}")) for i in range(5)))
+    assert sorted(r.status for r in responses) == [200, 200, 429, 429, 429]
+    stats = await (await client.get("/sim/stats")).json()
+    assert stats["faults"] == {"overload": 3} and stats["max_active"] == 2
 
 
 async def test_capacity_queues_excess_calls_instead_of_rejecting(make_client: MakeClient) -> None:

@@ -24,6 +24,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from worker.core.errors import IdConflict
+from worker.store.batching import ScriptBatcher
 from worker.store.keys import RedisKeys
 
 if TYPE_CHECKING:
@@ -234,6 +235,12 @@ class VerdictStore:
         self._renew = redis.register_script(_RENEW)
         self._delete_if = redis.register_script(_DELETE_IF)
         self._probe = redis.register_script(_PROBE)
+        self._batch = ScriptBatcher(redis)
+
+    @property
+    def script_round_trips(self) -> int:
+        """Pipelines of claims and saves sent so far."""
+        return self._batch.round_trips
 
     @property
     def lease_ttl_s(self) -> float:
@@ -249,7 +256,7 @@ class VerdictStore:
         With the ``force_token`` of a forced replay that Redis still holds, a stored verdict is ignored."""
         token = uuid.uuid4().hex
         args: list[str | int] = [token, self._lease_ttl_ms, force_token or "", content_sha256]
-        code, payload = await self._claim(keys=self._keys_of(message_id), args=args)
+        code, payload = await self._batch.run(self._claim, self._keys_of(message_id), args)
         if code == 1:
             return Claim(ClaimState.VERDICT, verdict=bytes(payload)), None
         if code == 2:
@@ -270,7 +277,7 @@ class VerdictStore:
             force_token or "",
             lease.content_sha256,
         ]
-        code, existing = await self._save(keys=self._keys_of(lease.message_id), args=args)
+        code, existing = await self._batch.run(self._save, self._keys_of(lease.message_id), args)
         if code == 0:
             return verdict_json
         if code == 4:

@@ -44,8 +44,10 @@ class SimConfig:
     latency_dist: LatencyDist = "fixed"
     latency_mean_ms: float = 400.0
     latency_sigma: float = 0.5
+    latency_from_text: bool = False  # lognormal draws from a hash of the text: the same set for every client
     seed: int = 0
     capacity: int = 256
+    reject_above_capacity: bool = False  # answer 429 instead of queueing once `capacity` calls are served
     fail_503_rate: float = 0.0
     fail_429_rate: float = 0.0
     retry_after_s: float = 1.0
@@ -160,8 +162,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add("--latency-dist", choices=LATENCY_DISTS, default=d.latency_dist, help="latency distribution")
     add("--latency-mean-ms", type=_NON_NEGATIVE, default=d.latency_mean_ms, help="lognormal mean latency")
     add("--latency-sigma", type=_NON_NEGATIVE, default=d.latency_sigma, help="lognormal sigma")
+    add(
+        "--latency-from-text",
+        action="store_true",
+        default=d.latency_from_text,
+        help="draw each lognormal latency from a hash of the text, not the RNG",
+    )
     add("--seed", type=int, default=d.seed, help="seed of the latency and fault RNG")
     add("--capacity", type=_POSITIVE_INT, default=d.capacity, help="calls processed at once; others queue")
+    add(
+        "--reject-above-capacity",
+        action="store_true",
+        default=d.reject_above_capacity,
+        help="answer 429 instead of queueing when --capacity calls are being served",
+    )
     add("--fail-503-rate", type=_RATE, default=d.fail_503_rate, help="share of calls answered 503")
     add("--fail-429-rate", type=_RATE, default=d.fail_429_rate, help="share of calls answered 429")
     add("--retry-after-s", type=_NON_NEGATIVE, default=d.retry_after_s, help="Retry-After sent with 429")

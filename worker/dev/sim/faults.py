@@ -9,6 +9,7 @@ import hashlib
 import math
 import random
 import re
+import statistics
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,17 +88,32 @@ def random_fault(config: SimConfig, rng: random.Random) -> FaultKind | None:
     return hit
 
 
-def sample_latency_s(config: SimConfig, rng: random.Random) -> float:
-    """One call's processing time in seconds: fixed, or lognormal whose mean is ``latency_mean_ms``."""
+def sample_latency_s(config: SimConfig, rng: random.Random, content: str) -> float:
+    """One call's processing time in seconds: fixed, or lognormal whose mean is ``latency_mean_ms``,
+    drawn from the RNG or (``latency_from_text``) from the content, so every client sees the same set."""
     if config.latency_dist == "fixed":
         return config.latency_ms / 1000.0
+    if config.latency_from_text:
+        return text_latency_s(content, config.latency_mean_ms, config.latency_sigma)
     mean_s = config.latency_mean_ms / 1000.0
     if mean_s <= 0.0:
         return 0.0
-    sigma = config.latency_sigma
+    return rng.lognormvariate(_lognormal_mu(mean_s, config.latency_sigma), config.latency_sigma)
+
+
+def text_latency_s(content: str, mean_ms: float, sigma: float) -> float:
+    """The lognormal latency (mean ``mean_ms``) a ``latency_from_text`` guard takes for ``content``."""
+    mean_s = mean_ms / 1000.0
+    if mean_s <= 0.0:
+        return 0.0
+    digest = hashlib.sha256(content.encode("utf-8", "surrogatepass")).digest()
+    uniform = (int.from_bytes(digest[:8], "big") + 0.5) / 2**64  # strictly inside (0, 1)
+    return math.exp(_lognormal_mu(mean_s, sigma) + sigma * _STANDARD_NORMAL.inv_cdf(uniform))
+
+
+def _lognormal_mu(mean_s: float, sigma: float) -> float:
     # E[lognormal(mu, sigma)] = exp(mu + sigma^2 / 2), so this mu makes the mean exactly mean_s.
-    mu = math.log(mean_s) - sigma * sigma / 2.0
-    return rng.lognormvariate(mu, sigma)
+    return math.log(mean_s) - sigma * sigma / 2.0
 
 
 def bounded_put(mapping: dict[str, _V], key: str, value: _V, limit: int = MAX_TRACKED_CONTENTS) -> None:
@@ -105,6 +121,9 @@ def bounded_put(mapping: dict[str, _V], key: str, value: _V, limit: int = MAX_TR
     if key not in mapping and len(mapping) >= limit:
         del mapping[next(iter(mapping))]
     mapping[key] = value
+
+
+_STANDARD_NORMAL = statistics.NormalDist()
 
 
 class CapacityGate:
@@ -135,6 +154,10 @@ class CapacityGate:
             elif waiter in self._waiters:
                 self._waiters.remove(waiter)
             raise
+
+    def has_room(self) -> bool:
+        """True when a call arriving now would be served at once."""
+        return not self._waiters and self.active < self._limit()
 
     def release(self) -> None:
         """Give a slot back and hand it to the longest-waiting call, if any."""

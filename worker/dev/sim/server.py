@@ -232,7 +232,9 @@ async def _process(state: SimState, request: web.Request) -> web.StreamResponse:
     if fault == "flood":
         return await _flood(request, state.config.flood_mb)
     # Sampled on arrival, before queueing, so a sequential run draws the same latencies every time.
-    latency_s = sample_latency_s(state.config, state.rng)
+    latency_s = sample_latency_s(state.config, state.rng, content)
+    if state.config.reject_above_capacity and not state.gate.has_room():
+        raise _ApiError(429, "RateLimitError", "Too Many Requests", "overload")
     await state.gate.acquire()
     try:
         await asyncio.sleep(latency_s)
@@ -276,9 +278,12 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _stats(request: web.Request) -> web.Response:
-    """``GET /sim/stats``."""
+    """``GET /sim/stats``; ``?brief=1`` leaves out the per-content maps (cheap enough to poll)."""
     state = request.app[SIM_STATE]
-    return web.json_response(state.stats.to_json(state.gate.max_active))
+    stats = state.stats.to_json(state.gate.max_active)
+    if request.query.get("brief") == "1":
+        del stats["calls_by_content"], stats["traceparent_by_content"]
+    return web.json_response(stats)
 
 
 async def _reset(request: web.Request) -> web.Response:
