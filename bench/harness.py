@@ -141,9 +141,11 @@ class Contestant:
     async def metric(self, name: str, *labels: str) -> float:
         """The sum of a guardq metric's samples in /metrics whose labels include every ``labels`` item
         (``'outcome="moderated"'``); 0 when there is none."""
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{self.port}/metrics") as response:
-                text = await response.text()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{self.port}/metrics") as response,
+        ):
+            text = await response.text()
         total = 0.0
         for line in text.splitlines():
             series, _, value = line.rpartition(" ")
@@ -175,10 +177,21 @@ async def sim_config(services: Services, **knobs: Any) -> None:
 
 
 async def sim_stats(services: Services) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(services.sim_root + "/sim/stats?brief=1") as response:
-            stats: dict[str, Any] = await response.json()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(services.sim_root + "/sim/stats?brief=1") as response,
+    ):
+        stats: dict[str, Any] = await response.json()
     return stats
+
+
+async def sim_reaches(services: Services, field: str, at_least: int, timeout_s: float) -> bool:
+    """Poll the simulator's stats (every 10 ms, at most ``timeout_s``) until ``field`` >= ``at_least``."""
+    for _ in range(int(timeout_s * 100)):
+        if (await sim_stats(services))[field] >= at_least:
+            return True
+        await asyncio.sleep(0.01)
+    return False
 
 
 async def sample_at_guard(services: Services, stop: asyncio.Event, samples: list[int]) -> None:

@@ -46,6 +46,7 @@ from bench.harness import (
     sample_at_guard,
     settings_for,
     sim_config,
+    sim_reaches,
     sim_stats,
     texts,
     watch,
@@ -133,7 +134,9 @@ async def lognormal_round(services: Services, args: argparse.Namespace) -> dict[
             "perfect_scheduler_msgs_per_s": round(bound, 1),
             "ratio_to_ideal": round(result["msgs_per_s"] / ideal, 3),
         }
-        show(name, result, f"{result['ratio_to_ideal']:.2f} x ideal {ideal:.0f}; perfect scheduler {bound:.0f}")
+        show(
+            name, result, f"{result['ratio_to_ideal']:.2f} x ideal {ideal:.0f}; perfect scheduler {bound:.0f}"
+        )
     return {"guardq_cap64": guardq, "baseline": base}
 
 
@@ -163,7 +166,7 @@ async def shared_guard(services: Services, count: int, workers: int) -> dict[str
         for worker in fleet:
             worker.stop()
         await cleanup(services, settings)
-    result = {"messages": count, "completed": len(arrivals), **rates(arrivals)}
+    result: dict[str, Any] = {"messages": count, "completed": len(arrivals), **rates(arrivals)}
     result |= {"cpu_ms_per_msg": round(cpu * 1000 / max(len(arrivals), 1), 3), "peak_rss_mb": 0.0}
     result["per_worker_moderated"] = [int(share) for share in shares]
     result["ratio_to_ideal"] = round(result["msgs_per_s"] / (K * 1000 / SERVICE_MS), 3)
@@ -183,7 +186,7 @@ async def refusing_guard(services: Services, count: int) -> dict[str, Any]:
         await cleanup(services, settings)
     stats = await sim_stats(services)
     refused = int(stats["faults"].get("overload", 0))
-    result = {"messages": count, "completed": len(arrivals), **rates(arrivals)}
+    result: dict[str, Any] = {"messages": count, "completed": len(arrivals), **rates(arrivals)}
     result |= {"cpu_ms_per_msg": round(cpu_s * 1000 / max(len(arrivals), 1), 3), "peak_rss_mb": 0.0}
     result |= {
         "guard_requests": stats["requests"],
@@ -198,10 +201,16 @@ async def capacity_round(services: Services, args: argparse.Namespace) -> dict[s
     ideal = K * 1000 / SERVICE_MS
     await sim_config(services, latency_dist="fixed", latency_ms=SERVICE_MS, capacity=K)
     one = await one_auto_worker(services, args.capacity)
-    show("auto, one worker", one, f"{one['ratio_to_ideal']:.2f} x {ideal:.0f}; at guard {one['mean_at_guard']}")
+    show(
+        "auto, one worker", one, f"{one['ratio_to_ideal']:.2f} x {ideal:.0f}; at guard {one['mean_at_guard']}"
+    )
     await sim_config(services, latency_dist="fixed", latency_ms=SERVICE_MS, capacity=K)
     four = await shared_guard(services, args.capacity, 4)
-    show("auto, four workers", four, f"{four['ratio_to_ideal']:.2f} x {ideal:.0f}; {four['per_worker_moderated']}")
+    show(
+        "auto, four workers",
+        four,
+        f"{four['ratio_to_ideal']:.2f} x {ideal:.0f}; {four['per_worker_moderated']}",
+    )
     await sim_config(
         services, latency_dist="fixed", latency_ms=SERVICE_MS, capacity=K, reject_above_capacity=True
     )
@@ -222,9 +231,7 @@ async def first_call_s(services: Services, command: tuple[str, ...]) -> float:
     await sim_config(services, latency_dist="fixed", latency_ms=0, capacity=256)
     worker = Contestant(services, settings, command)
     try:
-        deadline = worker.started + 60
-        while (await sim_stats(services))["requests"] == 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await sim_reaches(services, "requests", 1, 60)
         return round(time.monotonic() - worker.started, 2)
     finally:
         worker.stop()
@@ -238,9 +245,7 @@ async def sigterm_in_flight(services: Services) -> dict[str, Any]:
     await fill(settings, 2000)
     worker = Contestant(services, settings, GUARDQ)
     try:
-        deadline = time.monotonic() + 60
-        while (await sim_stats(services))["in_flight"] < CAP and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await sim_reaches(services, "in_flight", CAP, 60)
         before = (await sim_stats(services))["requests"]
         exit_s = await asyncio.to_thread(worker.stop, 60)
         after = (await sim_stats(services))["requests"]
@@ -288,7 +293,9 @@ async def run_rounds(services: Services, args: argparse.Namespace) -> dict[str, 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--rounds",
         type=lambda text: [name for name in text.split(",") if name],
