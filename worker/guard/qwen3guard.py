@@ -175,7 +175,9 @@ class Qwen3GuardBackend(AsyncLifecycle):
         # The pool limit caps in-flight calls: vLLM queues without limit, so the client must.
         connector = aiohttp.TCPConnector(limit=self._pool_size, ssl=self._ssl)
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout_s)
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+            cookie_jar=aiohttp.DummyCookieJar(),  # a guard's cookies are neither kept nor sent back
         )
         # Start-up checks, probes and heartbeats get connections of their own: a pool full of slow
         # moderation calls must not make a healthy guard look down.

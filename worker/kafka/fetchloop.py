@@ -338,15 +338,18 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
             and self._buffered <= self._max_buffered // 2
             and self._buffered_bytes <= self._max_bytes // 2
         )
-        # Only what the consumer really holds: pausing an unassigned partition raises.
-        assigned = [tp for tp in self._parts if tp in self._consumer.assignment()]
         if over and not self._paused:
             self._paused = True
             self.stats.pauses += 1
-            self._consumer.pause(*assigned)
+            self._consumer.pause(*self._assigned())
         elif under and self._paused:
             self._paused = False
-            self._consumer.resume(*[tp for tp in assigned if self._parts[tp].due_at is None])
+            self._consumer.resume(*[tp for tp in self._assigned() if self._parts[tp].due_at is None])
+
+    def _assigned(self) -> list[TopicPartition]:
+        """Our partitions the consumer really holds: pausing an unassigned partition raises."""
+        assignment = self._consumer.assignment()
+        return [tp for tp in self._parts if tp in assignment]
 
     # -- commits and rebalances -------------------------------------------------------------------
 

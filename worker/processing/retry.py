@@ -10,6 +10,7 @@ guard calls already paid for are not made again.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -104,9 +105,17 @@ class RetryPolicy:
         def should_retry(exc: BaseException) -> bool:
             return is_transient(exc) and not (hold is not None and hold())
 
+        # The first attempt runs without tenacity (most calls need no other); a failure hands it to
+        # tenacity as its first outcome, with the time it took counted against the budget.
+        started = time.monotonic()
+        try:
+            return await attempt(1), 1
+        except GuardError as exc:
+            first: GuardError = exc
+        spent_s = time.monotonic() - started
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_attempts)
-            | stop_before_delay(self.max_total_s)
+            | stop_before_delay(max(self.max_total_s - spent_s, 0.0))
             | _stop_at_error_cap(),
             wait=self._wait,
             retry=retry_if_exception(should_retry),
@@ -117,6 +126,8 @@ class RetryPolicy:
             async for trial in retrying:
                 with trial:
                     made += 1
+                    if made == 1:
+                        raise first
                     return await attempt(made), made
         except GuardError as exc:
             raise GuardCallFailed(exc, made) from exc
