@@ -10,6 +10,7 @@ partition waits for another's work.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -43,11 +44,12 @@ class RetrySchedule:
     def from_settings(cls, settings: Settings) -> RetrySchedule:
         return cls(settings.retry_topics, tuple(parse_duration_s(step) for step in settings.retry_schedule))
 
+    @functools.cached_property
+    def _steps(self) -> dict[str, int]:
+        return {topic: step for step, topic in enumerate(self.topics)}
+
     def _step_of(self, topic: str) -> int | None:
-        try:
-            return self.topics.index(topic)
-        except ValueError:
-            return None
+        return self._steps.get(topic)
 
     def hops_taken(self, record: ConsumerRecord) -> int:
         """How many retry steps ``record`` has taken: 0 on the input topic, k on the k-th retry topic.

@@ -152,7 +152,7 @@ class Pipeline:
         forcing = force_token(record.headers or ())
         lease = await self._wait_for_lease(request, force_token=forcing)
         if isinstance(lease, bytes):
-            await self._publish(request.id, lease, span)
+            await self._publish(request.id, lease, span, built_by=None)
             return Outcome.DUPLICATE
         carried = self._schedule.carried_attempts(record)  # guard calls of earlier retry hops
         stored: bytes | None = None
@@ -166,7 +166,8 @@ class Pipeline:
                 except GuardCallFailed as failed:
                     attempts = carried + failed.attempts
                     return await self._on_guard_failure(record, span, failed, attempts, request.id)
-                document = self._verdict(request, answer, span, carried, started).to_json()
+                verdict = self._verdict(request, answer, span, carried, started)
+                document = verdict.to_json()
                 stored = await self._store_verdict(lease, document, force_token=forcing)
         finally:
             if stored is None:  # no verdict stored: free the id for the next delivery at once
@@ -174,7 +175,8 @@ class Pipeline:
             if self._moderating.get(request.id) is done:
                 del self._moderating[request.id]
             done.set()
-        await self._publish(request.id, stored, span)
+        # Ours is published as built; one stored first by another worker is read for its trace id.
+        await self._publish(request.id, stored, span, built_by=verdict if stored is document else None)
         self._metrics.verdicts.labels(answer.verdict.label).inc()
         log.debug("verdict id=%s label=%s", request.id, answer.verdict.label)
         return Outcome.MODERATED
@@ -289,8 +291,15 @@ class Pipeline:
             metadata=request.metadata,
         )
 
-    async def _publish(self, message_id: str, document: bytes, span: Span) -> None:
-        await self._outbox.publish_verdict(message_id, document, tracing.trace_id_hex(span))
+    async def _publish(
+        self, message_id: str, document: bytes, span: Span, *, built_by: Verdict | None
+    ) -> None:
+        await self._outbox.publish_verdict(
+            message_id,
+            document,
+            trace_id=built_by.trace_id if built_by is not None else None,
+            fallback_trace_id=tracing.trace_id_hex(span),
+        )
 
     async def _dead_letter(
         self,
