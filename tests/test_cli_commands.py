@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.conftest import SettingsFactory
-from tests.helpers import collect, run_guardq, settings_env
+from tests.helpers import collect, run_guardq, running_worker, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -107,3 +108,20 @@ async def test_unreachable_broker_gives_one_line_error(make_settings: SettingsFa
     assert result.stderr.strip().splitlines() == [
         "guardq: cannot reach Kafka: no broker answered (check GUARDQ_KAFKA_BOOTSTRAP)"
     ]
+
+
+async def test_a_worker_told_never_to_create_topics_starts_without_creating_any(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(create_topics="never")
+    async with running_worker(settings) as worker:
+        assert worker.ready.is_set()
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+        finally:
+            await admin.close()
+    # The topics the consumer subscribes to may be made by a broker that creates topics on a metadata
+    # request (tansu does, as Kafka does by default); the ones only guardq's own creation makes are not.
+    assert settings.verdict_topic not in existing and settings.dlq_topic not in existing

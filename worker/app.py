@@ -16,6 +16,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from opentelemetry.sdk.trace import TracerProvider
+from redis.asyncio import Redis
 from opentelemetry.trace import Tracer
 
 from worker.config.settings import Settings
@@ -92,24 +93,32 @@ class Worker:
             await server.start()
             stack.push_async_callback(server.stop)
             self.http_port = server.port
-            await kafka.ensure_topics(settings)
-            store, probe_store = await self._stores(stack)
-            await guard.start()
-            stack.push_async_callback(guard.stop)
-            await self._check_guard(guard)
+            if settings.create_topics == "auto":
+                await kafka.ensure_topics(settings)  # one metadata request when the topics exist
+            redis, store, probe_store = self._stores(stack)
             producer = kafka.make_producer(settings)
-            await producer.start()
+            consumer = kafka.make_consumer(settings, group_id=settings.group_id)
+            # Stopped in reverse: the consumer leaves its group first, the producer flushes after it.
+            stack.push_async_callback(guard.stop)
             stack.push_async_callback(producer.stop)
+            stack.push_async_callback(consumer.stop)
             leases = LeaseKeeper(store)
             schedule = RetrySchedule.from_settings(settings)
             tracer = tracing.get_tracer(self.provider)
             pipeline = self._pipeline(guard, store, leases, producer, tracer, schedule)
-            consumer = kafka.make_consumer(settings, group_id=settings.group_id)
             loop = self._fetch_loop(consumer, pipeline, schedule)
             # Retry topics are consumed beside the input topic; their partitions wait for their head's due time.
             consumer.subscribe([settings.input_topic, *schedule.topics], listener=loop)
             await consumer.start()
-            stack.push_async_callback(consumer.stop)
+            # The group is joined in the background (seconds, on some brokers): Redis, the guard and the
+            # producer are checked and started meanwhile. Nothing is fetched until all three are.
+            try:
+                async with asyncio.TaskGroup() as starting:
+                    starting.create_task(self._check_store(store, redis))
+                    starting.create_task(self._start_guard(guard))
+                    starting.create_task(producer.start())
+            except BaseExceptionGroup as failed:
+                raise failed.exceptions[0] from None  # the error itself, as the CLI reports it in one line
             self.fetch_loop = self.health.fetch_loop = loop
             helpers = {
                 "lease-keeper": leases.run(),
@@ -120,15 +129,14 @@ class Worker:
             }
             await self._serve(loop, stop, helpers)
 
-    async def _stores(self, stack: AsyncExitStack) -> tuple[VerdictStore, VerdictStore]:
-        """The verdict store on a pool sized for the records in flight, checked, and a second one on a
-        connection of its own for readiness probes (the pool may be busy with records)."""
+    def _stores(self, stack: AsyncExitStack) -> tuple[Redis, VerdictStore, VerdictStore]:
+        """The verdict store on a pool sized for the records in flight, and a second one on a connection
+        of its own for readiness probes (the pool may be busy with records). Nothing connects yet."""
         settings = self.settings
         security = RedisSecurity.from_settings(settings)
         redis = connect_redis(settings.redis_url, max_connections=settings.redis_pool_size, security=security)
         # A pool passed in is not closed by aclose() unless asked: close it with the client.
         stack.push_async_callback(redis.aclose, close_connection_pool=True)
-        await redis.ping()
         probe_redis = connect_redis(settings.redis_url, max_connections=1, security=security)
         stack.push_async_callback(probe_redis.aclose, close_connection_pool=True)
         store, probe_store = (
@@ -140,8 +148,12 @@ class Worker:
             )
             for client in (redis, probe_redis)
         )
+        return redis, store, probe_store
+
+    @staticmethod
+    async def _check_store(store: VerdictStore, redis: Redis) -> None:
+        await redis.ping()
         await check_store(store, redis)
-        return store, probe_store
 
     def _fetch_loop(
         self, consumer: AIOKafkaConsumer, pipeline: Pipeline, schedule: RetrySchedule
@@ -200,8 +212,10 @@ class Worker:
             metrics=self.metrics,
         )
 
-    async def _check_guard(self, guard: GuardBackend) -> None:
-        """Refuse to start on a misconfigured guard; only warn when it is merely down (it may come back)."""
+    async def _start_guard(self, guard: GuardBackend) -> None:
+        """Start the backend; refuse to start on a misconfigured guard, only warn when it is merely down
+        (it may come back)."""
+        await guard.start()
         try:
             await guard.check()
         except GuardError as exc:

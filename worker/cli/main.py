@@ -209,7 +209,7 @@ def cmd_guard_sim(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `guardq` argument parser."""
-    from worker.dev.sim.server import configure_parser as configure_sim
+    from worker.dev.sim.config import configure_parser as configure_sim
 
     parser = OneLineParser(prog="guardq", description="Kafka moderation worker for LLM traffic.")
     parser.add_argument("--version", action="version", version=f"guardq {__version__}")

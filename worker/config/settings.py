@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 from worker.config.values import (
     _backend,
+    _create_topics,
     _boolean,
     _bootstrap,
     _chunk_chars,
@@ -114,6 +115,9 @@ class Settings:
         "auto",
         _chunk_chars,
         "chars per guard call before a text is split (auto: from the guard's context window)",
+    )
+    create_topics: str = setting(
+        "auto", _create_topics, "auto: create missing topics at start; never: leave topics to the operator"
     )
     topic_partitions: int = setting("8", _positive_int, "partitions of created topics")
     topic_replication: int | None = setting("auto", _replication, "replicas of created topics")

@@ -106,6 +106,13 @@ def _backend(raw: str) -> str:
     return raw
 
 
+def _create_topics(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in {"auto", "never"}:
+        raise ValueError("must be 'auto' (create the topics that are missing) or 'never'")
+    return value
+
+
 def _security_protocol(raw: str) -> str:
     value = raw.upper()
     if value not in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}:
