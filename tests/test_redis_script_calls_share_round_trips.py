@@ -82,3 +82,19 @@ async def test_a_connection_error_reaches_every_caller_of_the_batch(redis_prefix
         await unreachable.aclose()
     assert all(isinstance(result, (RedisConnectionError, OSError)) for result in results), results
     assert len({id(result) for result in results}) == 3  # each caller its own copy
+
+
+async def test_a_renewal_that_crosses_a_save_does_not_report_the_lease_lost(
+    redis: Redis, redis_prefix: str
+) -> None:
+    store = VerdictStore(redis, prefix=redis_prefix, verdict_ttl_s=600, lease_ttl_s=5)
+    digest = content_digest("prompt", None, "renewed")
+    leases = []
+    for message_id in ("held", "saved", "dropped"):
+        _, lease = await store.claim(message_id, digest)
+        assert lease is not None
+        leases.append(lease)
+    await store.save(leases[1], b'{"label": "safe"}')
+    await store.release(leases[2])  # gone without a verdict: that one is lost
+    assert await store.renew_many(leases) == [True, True, False]
+    assert 4000 < await redis.pttl(store.keys.lease("held")) <= 5000

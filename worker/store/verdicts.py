@@ -97,8 +97,11 @@ return {0, ''}
 """
 )
 
+# KEYS: lease, verdict. 1: renewed; 2: not held but the verdict is stored (its holder just saved it, in a
+# pipeline that crossed this renewal): nothing lost; 0: lost.
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 2 end
 return 0
 """
 
@@ -285,11 +288,12 @@ class VerdictStore:
         return existing if isinstance(existing, bytes) else str(existing).encode()
 
     async def renew_many(self, leases: list[Lease]) -> list[bool]:
-        """Extend many leases in one pipelined round trip; False for each one that was lost."""
+        """Extend many leases in one pipelined round trip; False for each one that was lost (True too for
+        one whose verdict is stored: it was saved while the renewal was under way)."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for lease in leases:
                 await self._renew(
-                    keys=[self.keys.lease(lease.message_id)],
+                    keys=[self.keys.lease(lease.message_id), self.keys.verdict(lease.message_id)],
                     args=[lease.value, self._lease_ttl_ms],
                     client=pipe,
                 )
