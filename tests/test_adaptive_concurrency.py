@@ -26,31 +26,37 @@ class ModelGuard:
     def clock(self) -> float:
         return self.now
 
-    async def round(self, controller: AdaptiveLimit, limiter: ConcurrencyLimiter) -> None:
-        """One round: ``limit`` calls take their slots together; each ends after its share of the queue
-        and reports while it still holds its slot, as the worker's calls do."""
-        in_flight = limiter.limit
+    async def round(self, *workers: tuple[AdaptiveLimit, ConcurrencyLimiter]) -> None:
+        """One round: every worker's ``limit`` calls take their slots together; each ends after its share
+        of the guard's queue (all workers' calls) and reports while it still holds its slot, as the
+        worker's calls do."""
+        in_flight = sum(limiter.limit for _, limiter in workers)
         started = self.now
         latency = self.service_s * max(1.0, in_flight / self.capacity)
         self.now += latency
-        async with contextlib.AsyncExitStack() as slots:
-            for _ in range(in_flight):
-                await slots.enter_async_context(limiter.slot())
-            for slot in range(in_flight):
-                self.calls += 1
-                refused = self.refuse_above and slot >= self.capacity
-                self.refused += refused
-                controller.record(latency, started=started, overloaded=refused)
+        served = 0
+        for controller, limiter in workers:
+            async with contextlib.AsyncExitStack() as slots:
+                for _ in range(limiter.limit):
+                    await slots.enter_async_context(limiter.slot())
+                for _ in range(limiter.limit):
+                    self.calls += 1
+                    refused = self.refuse_above and served >= self.capacity
+                    served += 1
+                    self.refused += refused
+                    controller.record(latency, started=started, overloaded=refused)
 
 
 async def _run(
     guard: ModelGuard, rounds: int, *, minimum: int = 4, maximum: int = 256
 ) -> tuple[AdaptiveLimit, list[int]]:
     limiter = ConcurrencyLimiter(minimum)
-    controller = AdaptiveLimit(limiter, minimum=minimum, maximum=maximum, clock=guard.clock)
+    controller = AdaptiveLimit(
+        limiter, minimum=minimum, maximum=maximum, clock=guard.clock, wall=guard.clock
+    )
     limits = []
     for _ in range(rounds):
-        await guard.round(controller, limiter)
+        await guard.round((controller, limiter))
         limits.append(limiter.limit)
     return controller, limits
 
@@ -63,6 +69,28 @@ async def test_a_guard_with_16_slots_is_kept_busy_without_a_long_queue() -> None
     assert sum(limit >= 16 for limit in settled) / len(settled) >= 0.95
     assert sum(settled) / len(settled) <= 1.5 * 16
     assert controller.noload_s == pytest.approx(0.05, rel=0.1)
+
+
+async def test_four_workers_sharing_a_guard_keep_it_busy_and_share_it_fairly() -> None:
+    guard = ModelGuard(capacity=16, service_s=0.05)
+    limiters = [ConcurrencyLimiter(4) for _ in range(4)]
+    # One wall clock for the fleet: their no-load probes fall together.
+    workers = [
+        (AdaptiveLimit(limiter, minimum=4, maximum=256, clock=guard.clock, wall=guard.clock), limiter)
+        for limiter in limiters
+    ]
+    shares: list[list[int]] = []
+    for _ in range(3000):
+        await guard.round(*workers)
+        shares.append([limiter.limit for limiter in limiters])
+    settled = shares[1000:]
+    totals = [sum(share) for share in settled]
+    assert sum(total >= 16 for total in totals) / len(totals) >= 0.95
+    assert sum(totals) / len(totals) <= 1.5 * 16
+    means = [sum(share[i] for share in settled) / len(settled) for i in range(4)]
+    assert max(means) <= 1.5 * min(means), means
+    for controller, _ in workers:
+        assert controller.noload_s == pytest.approx(0.05, rel=0.1)
 
 
 async def test_a_guard_that_never_queues_gets_the_maximum() -> None:

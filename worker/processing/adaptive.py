@@ -11,15 +11,19 @@ remembers where that happened: from there on the cap grows one slot per window p
 
 The no-load latency is the lowest window average seen; every ``probe_every_s`` the cap drops to its
 minimum for one window to measure it afresh (a guard that got slower for good is learned that way, and a
-queue the controller itself built cannot pass for the guard's speed). Samples of calls that started before
-the probe do not count in it. Decisions go to ``ConcurrencyLimiter.set_limit``; calls in flight are never
-interrupted.
+queue the controller itself built cannot pass for the guard's speed). The probe reading is the median of
+its window, and samples of calls that started before the probe do not count in it. Probes fall on
+multiples of ``probe_every_s`` of the wall clock, so every worker of a fleet probes at the same moment:
+together at their minimum they let the guard's queue drain (while fleet size × minimum stays within what
+the guard serves at once), and none mistakes the others' queue for the guard's speed. Decisions go to
+``ConcurrencyLimiter.set_limit``; calls in flight are never interrupted.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
 from collections.abc import Callable
 
@@ -46,6 +50,7 @@ class AdaptiveLimit:
         tolerance: float = 1.3,
         probe_every_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         if not 1 <= minimum <= maximum:
             raise ValueError("need 1 <= minimum <= maximum")
@@ -55,6 +60,7 @@ class AdaptiveLimit:
         self._tolerance = tolerance
         self._probe_every_s = probe_every_s
         self._clock = clock
+        self._wall = wall
         self._limit = float(minimum)
         self._logged = minimum
         self.noload_s: float | None = None
@@ -65,8 +71,9 @@ class AdaptiveLimit:
         self._cautious_above = float(maximum)  # nine tenths of the cap at the last overload
         # The first window measures the no-load latency at the minimum cap.
         self._probe_since: float | None = clock()
+        self._probe_samples: list[float] = []
         self._resume_at = minimum
-        self._next_probe = clock() + probe_every_s
+        self._next_probe = self._aligned_probe_time()
         limiter.set_limit(minimum)
 
     @property
@@ -82,8 +89,10 @@ class AdaptiveLimit:
                 self._cautious_above = 0.9 * self._limit
                 self._apply(self._limit * BACKOFF, why="the guard is overloaded")
             return
-        if self._probe_since is not None and started < self._probe_since:
-            return  # queued behind the larger cap: it says nothing of the no-load latency
+        if self._probe_since is not None:
+            if started < self._probe_since:
+                return  # queued behind the larger cap: it says nothing of the no-load latency
+            self._probe_samples.append(latency_s)
         self._sum += latency_s
         self._count += 1
         # Called while the call still holds its slot: in_flight counts it.
@@ -95,7 +104,7 @@ class AdaptiveLimit:
         busy, self._busy = self._busy, False
         self._sum, self._count, self._backed_off = 0.0, 0, False
         if self._probe_since is not None:
-            self._end_probe(average)
+            self._end_probe(statistics.median(self._probe_samples))
             return
         self._adjust(average, busy=busy)
         if self._clock() >= self._next_probe:
@@ -113,15 +122,20 @@ class AdaptiveLimit:
         else:
             self._apply(self._limit * max(0.5, gradient), why="the guard is queueing")
 
+    def _aligned_probe_time(self) -> float:
+        """The next multiple of ``probe_every_s`` of the wall clock, on ``clock``'s scale."""
+        return self._clock() + self._probe_every_s - self._wall() % self._probe_every_s
+
     def _begin_probe(self) -> None:
         self._resume_at = self._limiter.limit
         self._probe_since = self._clock()
+        self._probe_samples = []
         self._limiter.set_limit(self._minimum)
 
-    def _end_probe(self, average: float) -> None:
-        self.noload_s = average
+    def _end_probe(self, reading: float) -> None:
+        self.noload_s = reading
         self._probe_since = None
-        self._next_probe = self._clock() + self._probe_every_s
+        self._next_probe = self._aligned_probe_time()
         self._limiter.set_limit(self._resume_at)
 
     def _apply(self, wanted: float, *, why: str) -> None:
