@@ -51,9 +51,7 @@ async def _run(
     guard: ModelGuard, rounds: int, *, minimum: int = 4, maximum: int = 256
 ) -> tuple[AdaptiveLimit, list[int]]:
     limiter = ConcurrencyLimiter(minimum)
-    controller = AdaptiveLimit(
-        limiter, minimum=minimum, maximum=maximum, clock=guard.clock, wall=guard.clock
-    )
+    controller = AdaptiveLimit(limiter, minimum=minimum, maximum=maximum, clock=guard.clock, wall=guard.clock)
     limits = []
     for _ in range(rounds):
         await guard.round((controller, limiter))

@@ -16,8 +16,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from opentelemetry.sdk.trace import TracerProvider
-from redis.asyncio import Redis
 from opentelemetry.trace import Tracer
+from redis.asyncio import Redis
 
 from worker.config.settings import Settings
 from worker.core.errors import GuardError

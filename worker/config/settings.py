@@ -17,12 +17,12 @@ from urllib.parse import urlparse
 
 from worker.config.values import (
     _backend,
-    _create_topics,
     _boolean,
     _bootstrap,
     _chunk_chars,
     _compression,
     _concurrency,
+    _create_topics,
     _http_url,
     _optional_file,
     _optional_text,

@@ -14,7 +14,7 @@ minimum for one window to measure it afresh (a guard that got slower for good is
 queue the controller itself built cannot pass for the guard's speed). The probe reading is the median of
 its window, and samples of calls that started before the probe do not count in it. Probes fall on
 multiples of ``probe_every_s`` of the wall clock, so every worker of a fleet probes at the same moment:
-together at their minimum they let the guard's queue drain (while fleet size × minimum stays within what
+together at their minimum they let the guard's queue drain (while fleet size times minimum stays within what
 the guard serves at once), and none mistakes the others' queue for the guard's speed. Decisions go to
 ``ConcurrencyLimiter.set_limit``; calls in flight are never interrupted.
 """
