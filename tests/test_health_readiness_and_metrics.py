@@ -78,7 +78,10 @@ async def test_health_ready_metrics_and_status_while_moderating(
         assert _sample(metrics, "guardq_guard_latency_seconds_count") == 31
         assert _sample(metrics, "guardq_guard_calls_total") == 31
         assert _sample(metrics, "guardq_breaker_state") == 0
-        assert _sample(metrics, "guardq_concurrency_limit") == settings.concurrency
+        # GUARDQ_CONCURRENCY=auto, the default: the cap moves, within its bounds.
+        assert settings.concurrency is None
+        limit = _sample(metrics, "guardq_concurrency_limit")
+        assert settings.concurrency_min <= limit <= settings.concurrency_max
         assert _sample(metrics, f'guardq_messages_consumed_total{{topic="{settings.input_topic}"}}') == 31
         assert "guardq_consumer_lag{" in metrics
 

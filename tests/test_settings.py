@@ -29,7 +29,7 @@ CONTRACT_DEFAULTS = {
     "GUARDQ_VERDICT_TOPIC": ("verdict_topic", "moderation.verdicts"),
     "GUARDQ_DLQ_TOPIC": ("dlq_topic", "moderation.dlq"),
     "GUARDQ_GROUP_ID": ("group_id", "guardq"),
-    "GUARDQ_CONCURRENCY": ("concurrency", 32),
+    "GUARDQ_CONCURRENCY": ("concurrency", None),  # auto
     "GUARDQ_MAX_TEXT_CHARS": ("max_text_chars", 100_000),
     "GUARDQ_TOPIC_PARTITIONS": ("topic_partitions", 8),
     "GUARDQ_VERDICT_TTL_S": ("verdict_ttl_s", 604_800),

@@ -104,9 +104,9 @@ class Settings:
     dlq_topic: str = setting("moderation.dlq", _topic, "dead-letter topic")
     group_id: str = setting("guardq", _text, "consumer group")
     concurrency: int | None = setting(
-        "32",
+        "auto",
         _concurrency,
-        "max guard calls in flight, or auto (experimental): follow the guard between _MIN and _MAX",
+        "auto: the cap on guard calls in flight follows the guard between _MIN and _MAX; a number fixes it",
     )
     concurrency_min: int = setting("4", _positive_int, "lowest cap on guard calls with auto")
     concurrency_max: int = setting("256", _positive_int, "highest cap on guard calls with auto")

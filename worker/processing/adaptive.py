@@ -1,21 +1,23 @@
 """GUARDQ_CONCURRENCY=auto: the cap on guard calls follows what the guard can serve.
 
 vLLM queues without limit, so a cap above what the guard serves at once only adds queueing: latency,
-then timeouts and retries. The controller compares the latency of each window of calls with the guard's
-no-load latency: while the window stays within ``tolerance`` times the no-load latency the guard is not
-queueing and the cap grows (by a tenth, at least one slot) if the window used at least half of it (a
-cap nobody reaches proves nothing and is left alone); above it the cap shrinks in proportion
-(never below half). A 429, a 503 or a timeout shrinks it at once, to 0.7 of itself, once per window, and
-remembers where that happened: from there on the cap grows one slot per window past nine tenths of it
-(a guard that refuses instead of queueing shows no latency to steer by).
+then timeouts and retries. The controller compares the median latency of each window of calls (the
+median: a pause of the worker's own event loop stretches a few calls, not the guard) with the guard's
+no-load latency: while it stays within ``tolerance`` times the no-load latency the guard is not queueing
+and the cap grows (by a tenth, at least one slot) if the window used at least half of it (a cap nobody
+reaches proves nothing and is left alone); above it the cap shrinks half of the way the latency ratio
+asks (never below half). A 429 or a 503 shrinks it at once, to 0.85 of itself (a timeout: 0.7), once
+per window, and remembers where that happened: from there on the cap grows one slot per window past nine
+tenths of it (a guard that refuses instead of queueing shows no latency to steer by).
 
-The no-load latency is the lowest window average seen; every ``probe_every_s`` the cap drops to its
+The no-load latency is the lowest window median seen; every ``probe_every_s`` the cap drops to its
 minimum for one window to measure it afresh (a guard that got slower for good is learned that way, and a
-queue the controller itself built cannot pass for the guard's speed). The probe reading is the median of
-its window, and samples of calls that started before the probe do not count in it. Probes fall on
-multiples of ``probe_every_s`` of the wall clock, so every worker of a fleet probes at the same moment:
-together at their minimum they let the guard's queue drain (while fleet size times minimum stays within what
-the guard serves at once), and none mistakes the others' queue for the guard's speed. Decisions go to
+queue the controller itself built cannot pass for the guard's speed). Samples of calls that started
+before the probe do not count in it. Probes fall on multiples of ``probe_every_s`` of the wall clock, so
+every worker of a fleet probes at the same moment: together at their minimum they let the guard's queue
+drain (while fleet size times minimum stays within what the guard serves at once), and none mistakes the
+others' queue for the guard's speed. Below 10 ms the no-load latency counts as 10 ms: latency that
+short is mostly the worker's own event loop, not the guard. Decisions go to
 ``ConcurrencyLimiter.set_limit``; calls in flight are never interrupted.
 """
 
@@ -32,9 +34,13 @@ from worker.processing.limiter import ConcurrencyLimiter
 log = logging.getLogger(__name__)
 
 GROWTH = 0.1
-BACKOFF = 0.7
+BACKOFF = 0.85  # after a refusal (429, 503): the guard said exactly "too many"
+TIMEOUT_BACKOFF = 0.7  # after a timeout: the queue is already far too long
 MIN_WINDOW = 32
 PROBE_WINDOW = 32
+# Below this, latency is the worker's own event loop more than the guard: a busy loop stretches every call
+# by milliseconds, which must not read as the guard queueing (an instant guard would be held to a few slots).
+NOLOAD_FLOOR_S = 0.01
 LOGGED_CHANGE = 0.25  # a change of the cap by a quarter or more since the last logged value is logged
 
 
@@ -64,14 +70,12 @@ class AdaptiveLimit:
         self._limit = float(minimum)
         self._logged = minimum
         self.noload_s: float | None = None
-        self._sum = 0.0
-        self._count = 0
+        self._samples: list[float] = []  # latencies of the current window
         self._backed_off = False
         self._busy = False
         self._cautious_above = float(maximum)  # nine tenths of the cap at the last overload
         # The first window measures the no-load latency at the minimum cap.
         self._probe_since: float | None = clock()
-        self._probe_samples: list[float] = []
         self._resume_at = minimum
         self._next_probe = self._aligned_probe_time()
         limiter.set_limit(minimum)
@@ -80,47 +84,47 @@ class AdaptiveLimit:
     def limit(self) -> int:
         return self._limiter.limit
 
-    def record(self, latency_s: float, *, started: float, overloaded: bool) -> None:
+    def record(self, latency_s: float, *, started: float, overloaded: bool, timed_out: bool = False) -> None:
         """One guard call ended: it took ``latency_s``, began at ``started`` (the clock's time), and
-        ``overloaded`` says the guard refused it for load (429, 503) or it timed out."""
+        ``overloaded`` says the guard refused it for load (429, 503) or it timed out (``timed_out``)."""
         if overloaded:
             if not self._backed_off:
                 self._backed_off = True
                 self._cautious_above = 0.9 * self._limit
-                self._apply(self._limit * BACKOFF, why="the guard is overloaded")
+                factor = TIMEOUT_BACKOFF if timed_out else BACKOFF
+                self._apply(self._limit * factor, why="the guard is overloaded")
             return
-        if self._probe_since is not None:
-            if started < self._probe_since:
-                return  # queued behind the larger cap: it says nothing of the no-load latency
-            self._probe_samples.append(latency_s)
-        self._sum += latency_s
-        self._count += 1
+        if self._probe_since is not None and started < self._probe_since:
+            return  # queued behind the larger cap: it says nothing of the no-load latency
+        self._samples.append(latency_s)
         # Called while the call still holds its slot: in_flight counts it.
         self._busy |= 2 * self._limiter.in_flight >= self._limiter.limit
         window = PROBE_WINDOW if self._probe_since is not None else max(MIN_WINDOW, 2 * self._limiter.limit)
-        if self._count < window:
+        if len(self._samples) < window:
             return
-        average = self._sum / self._count
+        # The median: a pause of the worker's own event loop stretches a few calls, not the guard's speed.
+        typical = statistics.median(self._samples)
         busy, self._busy = self._busy, False
-        self._sum, self._count, self._backed_off = 0.0, 0, False
+        self._samples, self._backed_off = [], False
         if self._probe_since is not None:
-            self._end_probe(statistics.median(self._probe_samples))
+            self._end_probe(typical)
             return
-        self._adjust(average, busy=busy)
+        self._adjust(typical, busy=busy)
         if self._clock() >= self._next_probe:
             self._begin_probe()
 
-    def _adjust(self, average: float, *, busy: bool) -> None:
-        if self.noload_s is None or average < self.noload_s:
-            self.noload_s = average
-        gradient = self._tolerance * self.noload_s / max(average, 1e-9)
+    def _adjust(self, typical: float, *, busy: bool) -> None:
+        if self.noload_s is None or typical < self.noload_s:
+            self.noload_s = typical
+        gradient = self._tolerance * max(self.noload_s, NOLOAD_FLOOR_S) / max(typical, 1e-9)
         if gradient >= 1.0:
             if not busy:
                 return
             step = 1.0 if self._limit >= self._cautious_above else max(1.0, self._limit * GROWTH)
             self._apply(self._limit + step, why="the guard keeps up")
         else:
-            self._apply(self._limit * max(0.5, gradient), why="the guard is queueing")
+            # Half the way to what the gradient asks: one slow window does not halve the cap.
+            self._apply(self._limit * max(0.5, (1.0 + gradient) / 2), why="the guard is queueing")
 
     def _aligned_probe_time(self) -> float:
         """The next multiple of ``probe_every_s`` of the wall clock, on ``clock``'s scale."""
@@ -129,7 +133,7 @@ class AdaptiveLimit:
     def _begin_probe(self) -> None:
         self._resume_at = self._limiter.limit
         self._probe_since = self._clock()
-        self._probe_samples = []
+        self._samples = []
         self._limiter.set_limit(self._minimum)
 
     def _end_probe(self, reading: float) -> None:

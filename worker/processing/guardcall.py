@@ -169,9 +169,14 @@ class GuardCaller:
                     self._metrics.guard_errors.labels(type(exc).__name__).inc()
                     # A 400 or a reply that is not a verdict is an answer: the guard is up.
                     self._breaker.record(success=not exc.guard_down)
-                    if exc.status == 429:
+                    if exc.status == 429 and (exc.retry_after_s is not None or self._adaptive is None):
+                        # A Retry-After is always honoured by every call. Without one, a fixed cap has
+                        # nothing else to slow it (hold everyone a second); the adaptive cap shrinks
+                        # instead, and only the refused call waits, for its own backoff.
                         self._throttle.hold_for(exc.retry_after_s)
-                    self._sample(started, overloaded=_overloaded(exc))
+                    self._sample(
+                        started, overloaded=_overloaded(exc), timed_out=isinstance(exc, GuardTimeout)
+                    )
                     raise
                 finally:
                     self._metrics.guard_latency.observe(time.monotonic() - started)
@@ -179,10 +184,12 @@ class GuardCaller:
                 self._sample(started, overloaded=False)
                 return verdict
 
-    def _sample(self, started: float, *, overloaded: bool) -> None:
+    def _sample(self, started: float, *, overloaded: bool, timed_out: bool = False) -> None:
         """Tell the adaptive cap (GUARDQ_CONCURRENCY=auto) how this call went."""
         if self._adaptive is not None:
-            self._adaptive.record(time.monotonic() - started, started=started, overloaded=overloaded)
+            self._adaptive.record(
+                time.monotonic() - started, started=started, overloaded=overloaded, timed_out=timed_out
+            )
 
 
 def _overloaded(error: GuardError) -> bool:
