@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -123,9 +124,22 @@ class Contestant:
     def __init__(self, services: Services, settings: Settings, command: tuple[str, ...], **env: str) -> None:
         self.port = free_port()
         child = settings.child_env(os.environ) | {"GUARDQ_HTTP_PORT": str(self.port)} | env
-        self._log = (services.workdir / f"{command[-1]}-{uuid.uuid4().hex[:6]}.log").open("ab")
+        self.log_path = services.workdir / f"{command[-1]}-{uuid.uuid4().hex[:6]}.log"
+        self._log = self.log_path.open("ab")
         self.started = time.monotonic()
         self.process = subprocess.Popen(command, env=child, stdout=self._log, stderr=self._log)
+
+    def logged_at(self, fragment: str) -> float | None:
+        """Wall-clock time (epoch s) of the first JSON log line whose message contains ``fragment``."""
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if fragment in str(entry.get("message", "")):
+                stamp = str(entry["time"]).replace("Z", "+00:00")
+                return datetime.fromisoformat(stamp).timestamp()
+        return None
 
     def cpu_s(self) -> float:
         """User + system CPU seconds used so far."""

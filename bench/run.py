@@ -224,18 +224,22 @@ async def capacity_round(services: Services, args: argparse.Namespace) -> dict[s
     return {"one_worker": one, "four_workers": four, "refusing_guard": refusing}
 
 
-async def first_call_s(services: Services, command: tuple[str, ...]) -> float:
-    """Spawn → the guard's first request, for a topic that already holds work."""
+async def first_call(services: Services, command: tuple[str, ...]) -> dict[str, float | None]:
+    """Spawn → the guard's first request, for a topic that already holds work; for guardq also the
+    partitions' assignment (its log) → that first request."""
     settings = settings_for(services)
     await fill(settings, 200)
     await sim_config(services, latency_dist="fixed", latency_ms=0, capacity=256)
     worker = Contestant(services, settings, command)
     try:
         await sim_reaches(services, "requests", 1, 60)
-        return round(time.monotonic() - worker.started, 2)
+        called_at, spawn_s = time.time(), time.monotonic() - worker.started
     finally:
         worker.stop()
         await cleanup(services, settings)
+    assigned_at = worker.logged_at("assigned [")
+    after = None if assigned_at is None else round(called_at - assigned_at, 3)
+    return {"spawn_to_first_call_s": round(spawn_s, 2), "assignment_to_first_call_s": after}
 
 
 async def sigterm_in_flight(services: Services) -> dict[str, Any]:
@@ -257,13 +261,13 @@ async def sigterm_in_flight(services: Services) -> dict[str, Any]:
 
 async def start_round(services: Services, args: argparse.Namespace) -> dict[str, Any]:
     out = {
-        "spawn_to_first_call_s": {
-            "guardq": await first_call_s(services, GUARDQ),
-            "baseline": await first_call_s(services, BASELINE),
+        "first_call": {
+            "guardq": await first_call(services, GUARDQ),
+            "baseline": await first_call(services, BASELINE),
         },
         "sigterm_64_in_flight": await sigterm_in_flight(services),
     }
-    print(f"  spawn -> first guard call: {out['spawn_to_first_call_s']}", flush=True)
+    print(f"  first guard call: {out['first_call']}", flush=True)
     print(f"  SIGTERM, 64 x 2 s in flight: {out['sigterm_64_in_flight']}", flush=True)
     return out
 
