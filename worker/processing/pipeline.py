@@ -27,6 +27,7 @@ import enum
 import functools
 import logging
 import time
+from dataclasses import dataclass
 
 from aiokafka.structs import ConsumerRecord
 from opentelemetry.trace import Span, SpanKind, Tracer
@@ -67,6 +68,23 @@ class Outcome(enum.Enum):
     DUPLICATE = "duplicate"  # a verdict was already stored: re-published, no guard call
     DEAD_LETTERED = "dead_lettered"  # bad input or a guard failure: sent to the DLQ with a reason
     RETRY_SCHEDULED = "retry_scheduled"  # transient failures outlasted the retries: sent to a retry topic
+
+
+@dataclass
+class Delivery:
+    """One delivery of one record, and what every step of its handling needs: read once, at the start."""
+
+    record: ConsumerRecord
+    span: Span
+    started: float  # monotonic time the handling began
+    hops: int  # retry steps taken: 0 on the input topic, k on the k-th retry topic
+    carried: int  # guard calls made for it on earlier hops
+    force: str | None  # the token of a forced replay (`guardq dlq replay --force`), if it carries one
+    message_id: str | None = None  # once the value parsed
+
+    @property
+    def where(self) -> str:
+        return f"{self.record.topic}/{self.record.partition}@{self.record.offset}"
 
 
 class Pipeline:
@@ -113,25 +131,34 @@ class Pipeline:
             kind=SpanKind.CONSUMER,
             attributes=attributes,
         ) as span:
-            outcome = await self._decide(record, span)
+            delivery = Delivery(
+                record,
+                span,
+                started=time.monotonic(),
+                hops=self._schedule.hops_taken(record),
+                carried=self._schedule.carried_attempts(record),
+                force=force_token(headers),
+            )
+            outcome = await self._decide(delivery)
             span.set_attribute("guardq.outcome", outcome.value)
             self._metrics.outcomes.labels(outcome.value).inc()
             return outcome
 
-    async def _decide(self, record: ConsumerRecord, span: Span) -> Outcome:
-        started = time.monotonic()
+    async def _decide(self, delivery: Delivery) -> Outcome:
+        record = delivery.record
         try:
             if isinstance(record, Undecodable):
                 raise UndecodableRecord(_undecodable_message(record))
             check_headers(record.headers or ())
             request = parse_request(record.value, self._settings.max_text_chars)
         except (InvalidInput, UndecodableRecord) as exc:
-            log.warning("dead-lettering %s/%d@%d: %s", record.topic, record.partition, record.offset, exc)
-            await self._dead_letter(record, span, exc, attempts=0)
+            log.warning("dead-lettering %s: %s", delivery.where, exc)
+            await self._dead_letter(delivery, exc, attempts=0)
             return Outcome.DEAD_LETTERED
-        span.set_attribute("messaging.message.id", request.id)
+        delivery.message_id = request.id
+        delivery.span.set_attribute("messaging.message.id", request.id)
         try:
-            return await self._moderate(record, request, span, started)
+            return await self._moderate(delivery, request)
         except GuardqError as exc:
             if exc.fatal:
                 raise
@@ -141,34 +168,28 @@ class Pipeline:
                 raise
             log.exception("internal error on id=%s; dead-lettering it", request.id)
             error = InternalError(one_line(f"{type(exc).__name__}: {exc}"))
-        attempts = self._schedule.carried_attempts(record)
-        await self._dead_letter(record, span, error, attempts=attempts, message_id=request.id)
+        await self._dead_letter(delivery, error, attempts=delivery.carried)
         return Outcome.DEAD_LETTERED
 
-    async def _moderate(
-        self, record: ConsumerRecord, request: ModerationRequest, span: Span, started: float
-    ) -> Outcome:
+    async def _moderate(self, delivery: Delivery, request: ModerationRequest) -> Outcome:
         # `guardq dlq replay --force`: moderate again and overwrite, if Redis holds the replay's token.
-        forcing = force_token(record.headers or ())
-        lease = await self._wait_for_lease(request, force_token=forcing)
+        lease = await self._wait_for_lease(request, force_token=delivery.force)
         if isinstance(lease, bytes):
-            await self._publish(request.id, lease, span, built_by=None)
+            await self._publish(request.id, lease, delivery.span, built_by=None)
             return Outcome.DUPLICATE
-        carried = self._schedule.carried_attempts(record)  # guard calls of earlier retry hops
         stored: bytes | None = None
         done = self._moderating[request.id] = asyncio.Event()
         try:
             with self._leases.holding(lease):
                 try:
                     # A forced replay judges every chunk afresh, once: its retry hops reuse what it judged.
-                    fresh = forcing is not None and self._schedule.hops_taken(record) == 0
+                    fresh = delivery.force is not None and delivery.hops == 0
                     answer = await self._caller.answer(request.id, request.guard_request(), fresh=fresh)
                 except GuardCallFailed as failed:
-                    attempts = carried + failed.attempts
-                    return await self._on_guard_failure(record, span, failed, attempts, request.id)
-                verdict = self._verdict(request, answer, span, carried, started)
+                    return await self._on_guard_failure(delivery, failed)
+                verdict = self._verdict(delivery, request, answer)
                 document = verdict.to_json()
-                stored = await self._store_verdict(lease, document, force_token=forcing)
+                stored = await self._store_verdict(lease, document, force_token=delivery.force)
         finally:
             if stored is None:  # no verdict stored: free the id for the next delivery at once
                 await self._release_quietly(lease)
@@ -176,52 +197,51 @@ class Pipeline:
                 del self._moderating[request.id]
             done.set()
         # Ours is published as built; one stored first by another worker is read for its trace id.
-        await self._publish(request.id, stored, span, built_by=verdict if stored is document else None)
+        await self._publish(
+            request.id, stored, delivery.span, built_by=verdict if stored is document else None
+        )
         self._metrics.verdicts.labels(answer.verdict.label).inc()
         log.debug("verdict id=%s label=%s", request.id, answer.verdict.label)
         return Outcome.MODERATED
 
-    async def _on_guard_failure(
-        self, record: ConsumerRecord, span: Span, failed: GuardCallFailed, attempts: int, message_id: str
-    ) -> Outcome:
+    async def _on_guard_failure(self, delivery: Delivery, failed: GuardCallFailed) -> Outcome:
         """Failed for good in process: fatal → raise; transient → the next retry topic while the schedule
         has one; otherwise (permanent, or the schedule is used up) → dead letter."""
         if failed.error.fatal:
             raise failed.error from failed
-        hop = self._schedule.next_hop(record) if failed.exhausted else None
-        if hop is not None and await self._retry_later(record, span, failed, attempts, hop):
+        attempts = delivery.carried + failed.attempts
+        hop = self._schedule.next_hop(delivery.record) if failed.exhausted else None
+        if hop is not None and await self._retry_later(delivery, failed.error, attempts, hop):
             return Outcome.RETRY_SCHEDULED
-        log.warning("dead-lettering %s after %d attempt(s): %s", _where(record), attempts, failed.error)
-        await self._dead_letter(record, span, failed.error, attempts=attempts, message_id=message_id)
+        log.warning("dead-lettering %s after %d attempt(s): %s", delivery.where, attempts, failed.error)
+        await self._dead_letter(delivery, failed.error, attempts=attempts)
         return Outcome.DEAD_LETTERED
 
-    async def _retry_later(
-        self, record: ConsumerRecord, span: Span, failed: GuardCallFailed, attempts: int, hop: Hop
-    ) -> bool:
+    async def _retry_later(self, delivery: Delivery, error: GuardqError, attempts: int, hop: Hop) -> bool:
         """Send the record to ``hop``'s retry topic; False when the broker will not take it (too large
         with the retry headers): it is dead-lettered instead."""
         log.info(
             "retrying %s in %g s via %s after %d attempt(s): %s",
-            _where(record),
+            delivery.where,
             hop.delay_s,
             hop.topic,
             attempts,
-            failed.error,
+            error,
         )
 
         async def send() -> None:
-            carried = await self._believed_headers(record)
+            carried = await self._believed_headers(delivery)
             await self._outbox.retry_later(
-                record, span, failed.error, attempts=attempts, hop=hop, carried=carried
+                delivery.record, delivery.span, error, attempts=attempts, hop=hop, carried=carried
             )
 
         try:
-            await until_available(send, what=f"sending {_where(record)} to {hop.topic}")
+            await until_available(send, what=f"sending {delivery.where} to {hop.topic}")
         except TOO_LARGE as exc:
-            log.warning("%s cannot go to %s (%s)", _where(record), hop.topic, type(exc).__name__)
+            log.warning("%s cannot go to %s (%s)", delivery.where, hop.topic, type(exc).__name__)
             return False
         self._metrics.retry_hops.labels(hop.topic).inc()
-        span.set_attribute("guardq.retry.hop", hop.number)
+        delivery.span.set_attribute("guardq.retry.hop", hop.number)
         return True
 
     async def _store_verdict(self, lease: Lease, document: bytes, *, force_token: str | None) -> bytes:
@@ -272,9 +292,7 @@ class Pipeline:
             await asyncio.sleep(wait_s)
             poll_s = min(poll_s * 2, LEASE_POLL_MAX_S)
 
-    def _verdict(
-        self, request: ModerationRequest, answer: Answer, span: Span, carried: int, started: float
-    ) -> Verdict:
+    def _verdict(self, delivery: Delivery, request: ModerationRequest, answer: Answer) -> Verdict:
         verdict = answer.verdict
         return Verdict(
             content_sha256=request.content_sha256,
@@ -283,10 +301,10 @@ class Pipeline:
             categories=list(verdict.categories),
             refusal=verdict.refusal if request.kind == "response" else None,
             model=verdict.model,
-            trace_id=tracing.trace_id_hex(span),
-            attempts=carried + answer.attempts,
+            trace_id=tracing.trace_id_hex(delivery.span),
+            attempts=delivery.carried + answer.attempts,
             chunks=answer.chunks,
-            latency_ms=round((time.monotonic() - started) * 1000, 3),
+            latency_ms=round((time.monotonic() - delivery.started) * 1000, 3),
             processed_at=utc_now_rfc3339(),
             metadata=request.metadata,
         )
@@ -301,48 +319,38 @@ class Pipeline:
             fallback_trace_id=tracing.trace_id_hex(span),
         )
 
-    async def _dead_letter(
-        self,
-        record: ConsumerRecord,
-        span: Span,
-        error: GuardqError,
-        *,
-        attempts: int,
-        message_id: str | None = None,
-    ) -> None:
+    async def _dead_letter(self, delivery: Delivery, error: GuardqError, *, attempts: int) -> None:
         """Dead-letter the record (waiting out a broker outage in place); a forced replay that ends here
         gives up its authorisation, so a later delivery of it overwrites nothing."""
 
         async def write() -> str | None:
-            carried = await self._believed_headers(record)
-            return await self._outbox.dead_letter(record, span, error, attempts=attempts, carried=carried)
+            carried = await self._believed_headers(delivery)
+            return await self._outbox.dead_letter(
+                delivery.record, delivery.span, error, attempts=attempts, carried=carried
+            )
 
-        reason = await until_available(write, what=f"dead-lettering {_where(record)}")
-        span.set_attribute("guardq.error.reason", error.reason if reason is None else reason)
+        reason = await until_available(write, what=f"dead-lettering {delivery.where}")
+        delivery.span.set_attribute("guardq.error.reason", error.reason if reason is None else reason)
         if reason is not None:
             self._metrics.dead_letters.labels(reason).inc()
-        token = force_token(record.headers or ())
+        message_id, token = delivery.message_id, delivery.force
         if token is not None and message_id is not None:
             await until_available(
                 functools.partial(self._store.drop_force, message_id, token),
                 what=f"withdrawing the forced replay of id={message_id}",
             )
 
-    async def _believed_headers(self, record: ConsumerRecord) -> list[tuple[str, bytes]]:
+    async def _believed_headers(self, delivery: Delivery) -> list[tuple[str, bytes]]:
         """The record's headers when its ``guardq.*`` ones were written by guardq (a retry topic's record,
         or a replay whose token Redis holds for this record's key); else none: a producer's own
         ``guardq.*`` headers never reach a dead letter's envelope."""
-        headers = list(record.headers or ())
-        if self._schedule.hops_taken(record) > 0:
+        headers = list(delivery.record.headers or ())
+        if delivery.hops > 0:
             return headers
         token = replay_token(headers)
-        if token is not None and await self._store.replay_origin(token) == (record.key or b""):
+        if token is not None and await self._store.replay_origin(token) == (delivery.record.key or b""):
             return headers
         return []
-
-
-def _where(record: ConsumerRecord) -> str:
-    return f"{record.topic}/{record.partition}@{record.offset}"
 
 
 def _undecodable_message(record: Undecodable) -> str:
