@@ -60,18 +60,33 @@ K, SERVICE_MS = 16, 50.0
 Round = Callable[[Services, argparse.Namespace], Awaitable[dict[str, Any]]]
 
 
+Probe = Callable[[list[Contestant]], Awaitable[dict[str, Any]]]
+
+
 async def drain(
-    services: Services, count: int, command: tuple[str, ...] = GUARDQ, timeout_s: float = 600, **env: str
+    services: Services,
+    count: int,
+    command: tuple[str, ...] = GUARDQ,
+    timeout_s: float = 600,
+    *,
+    workers: int = 1,
+    probe: Probe | None = None,
+    **env: str,
 ) -> dict[str, Any]:
-    """Fill a fresh topic with ``count`` messages, run one contestant on it until every verdict is out."""
+    """Fill a fresh topic with ``count`` messages and run ``workers`` contestants on it until every verdict
+    is out; ``probe`` reads more figures from the fleet before it stops. CPU is the fleet's, RSS the
+    largest peak of one worker."""
     settings = settings_for(services, **env)
     await fill(settings, count)
-    worker = Contestant(services, settings, command)
+    fleet = [Contestant(services, settings, command) for _ in range(workers)]
     try:
         arrivals = await watch(settings, count, timeout_s)
-        cpu_s, rss_mb = worker.cpu_s(), worker.peak_rss_mb()
+        cpu_s = sum(worker.cpu_s() for worker in fleet)
+        rss_mb = max(worker.peak_rss_mb() for worker in fleet)
+        extra = await probe(fleet) if probe is not None else {}
     finally:
-        worker.stop()
+        for worker in fleet:
+            worker.stop()
         await cleanup(services, settings)
     return {
         "messages": count,
@@ -79,6 +94,7 @@ async def drain(
         **rates(arrivals),
         "cpu_ms_per_msg": round(cpu_s * 1000 / max(len(arrivals), 1), 3),
         "peak_rss_mb": round(rss_mb, 1),
+        **extra,
     }
 
 
@@ -154,45 +170,29 @@ async def one_auto_worker(services: Services, count: int) -> dict[str, Any]:
     return result
 
 
+async def moderated_per_worker(fleet: list[Contestant]) -> dict[str, Any]:
+    shares = [await worker.metric("guardq_outcomes_total", 'outcome="moderated"') for worker in fleet]
+    return {"per_worker_moderated": [int(share) for share in shares]}
+
+
+async def dead_letters(fleet: list[Contestant]) -> dict[str, Any]:
+    return {"dead_letters": int(sum([await worker.metric("guardq_dead_letters_total") for worker in fleet]))}
+
+
 async def shared_guard(services: Services, count: int, workers: int) -> dict[str, Any]:
-    settings = settings_for(services, concurrency="auto")
-    await fill(settings, count)
-    fleet = [Contestant(services, settings, GUARDQ) for _ in range(workers)]
-    try:
-        arrivals = await watch(settings, count, 600)
-        shares = [await worker.metric("guardq_outcomes_total", 'outcome="moderated"') for worker in fleet]
-        cpu = sum(worker.cpu_s() for worker in fleet)
-    finally:
-        for worker in fleet:
-            worker.stop()
-        await cleanup(services, settings)
-    result: dict[str, Any] = {"messages": count, "completed": len(arrivals), **rates(arrivals)}
-    result |= {"cpu_ms_per_msg": round(cpu * 1000 / max(len(arrivals), 1), 3), "peak_rss_mb": 0.0}
-    result["per_worker_moderated"] = [int(share) for share in shares]
+    result = await drain(services, count, workers=workers, probe=moderated_per_worker, concurrency="auto")
     result["ratio_to_ideal"] = round(result["msgs_per_s"] / (K * 1000 / SERVICE_MS), 3)
     return result
 
 
 async def refusing_guard(services: Services, count: int) -> dict[str, Any]:
-    settings = settings_for(services, concurrency="auto")
-    await fill(settings, count)
-    worker = Contestant(services, settings, GUARDQ)
-    try:
-        arrivals = await watch(settings, count, 600)
-        dead = await worker.metric("guardq_dead_letters_total")
-        cpu_s = worker.cpu_s()
-    finally:
-        worker.stop()
-        await cleanup(services, settings)
+    result = await drain(services, count, probe=dead_letters, concurrency="auto")
     stats = await sim_stats(services)
     refused = int(stats["faults"].get("overload", 0))
-    result: dict[str, Any] = {"messages": count, "completed": len(arrivals), **rates(arrivals)}
-    result |= {"cpu_ms_per_msg": round(cpu_s * 1000 / max(len(arrivals), 1), 3), "peak_rss_mb": 0.0}
     result |= {
         "guard_requests": stats["requests"],
         "answered_429": refused,
         "share_429": round(refused / max(stats["requests"], 1), 4),
-        "dead_letters": int(dead),
     }
     return result
 

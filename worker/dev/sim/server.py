@@ -231,10 +231,10 @@ async def _process(state: SimState, request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(state.config.hang_s)
     if fault == "flood":
         return await _flood(request, state.config.flood_mb)
-    # Sampled on arrival, before queueing, so a sequential run draws the same latencies every time.
-    latency_s = sample_latency_s(state.config, state.rng, content)
     if state.config.reject_above_capacity and not state.gate.has_room():
         raise _ApiError(429, "RateLimitError", "Too Many Requests", "overload")
+    # Sampled on arrival, before queueing, so a sequential run draws the same latencies every time.
+    latency_s = sample_latency_s(state.config, state.rng, content)
     await state.gate.acquire()
     try:
         await asyncio.sleep(latency_s)
