@@ -198,3 +198,12 @@ class Verdict:
             return orjson.dumps(self)
         except orjson.JSONEncodeError:
             return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def stored_trace_id(document: bytes) -> str | None:
+    """The ``trace_id`` a stored verdict document names (None when it names none or does not parse)."""
+    try:
+        trace_id = orjson.loads(document).get("trace_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return str(trace_id) if trace_id else None

@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Final
 
-import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     KafkaError,
@@ -123,16 +122,8 @@ class Outbox:
         self._dlq_topic = dlq_topic
         self._metrics = metrics or Metrics()
 
-    async def publish_verdict(
-        self, message_id: str, document: bytes, *, trace_id: str | None, fallback_trace_id: str
-    ) -> None:
-        """Publish a verdict; its traceparent header carries the trace id written in the document: the
-        caller's ``trace_id`` when it built the document, else the one read from it (a stored verdict)."""
-        if trace_id is None:
-            try:
-                trace_id = str(orjson.loads(document).get("trace_id") or fallback_trace_id)
-            except (ValueError, AttributeError):
-                trace_id = fallback_trace_id
+    async def publish_verdict(self, message_id: str, document: bytes, trace_id: str) -> None:
+        """Publish a verdict; its traceparent header carries ``trace_id`` (the one the document names)."""
         with self._span(self._verdict_topic, message_id) as span:
             headers = [(tracing.TRACEPARENT, tracing.traceparent(trace_id, span).encode("ascii"))]
             await self._send(span, self._verdict_topic, document, message_id.encode("utf-8"), headers)

@@ -43,7 +43,13 @@ from worker.core.errors import (
     is_infrastructure,
     one_line,
 )
-from worker.core.messages import ModerationRequest, Verdict, check_headers, parse_request
+from worker.core.messages import (
+    ModerationRequest,
+    Verdict,
+    check_headers,
+    parse_request,
+    stored_trace_id,
+)
 from worker.core.times import utc_now_rfc3339
 from worker.failures.envelope import force_token, replay_token
 from worker.failures.outbox import TOO_LARGE, Outbox
@@ -175,7 +181,7 @@ class Pipeline:
         # `guardq dlq replay --force`: moderate again and overwrite, if Redis holds the replay's token.
         lease = await self._wait_for_lease(request, force_token=delivery.force)
         if isinstance(lease, bytes):
-            await self._publish(request.id, lease, delivery.span, built_by=None)
+            await self._publish(delivery, request.id, lease, built_by=None)
             return Outcome.DUPLICATE
         stored: bytes | None = None
         done = self._moderating[request.id] = asyncio.Event()
@@ -197,9 +203,7 @@ class Pipeline:
                 del self._moderating[request.id]
             done.set()
         # Ours is published as built; one stored first by another worker is read for its trace id.
-        await self._publish(
-            request.id, stored, delivery.span, built_by=verdict if stored is document else None
-        )
+        await self._publish(delivery, request.id, stored, built_by=verdict if stored is document else None)
         self._metrics.verdicts.labels(answer.verdict.label).inc()
         log.debug("verdict id=%s label=%s", request.id, answer.verdict.label)
         return Outcome.MODERATED
@@ -310,13 +314,13 @@ class Pipeline:
         )
 
     async def _publish(
-        self, message_id: str, document: bytes, span: Span, *, built_by: Verdict | None
+        self, delivery: Delivery, message_id: str, document: bytes, *, built_by: Verdict | None
     ) -> None:
+        """Publish ``document`` with the trace id it names: known when we built it, read when it was
+        stored (by an earlier delivery, or another worker); this delivery's own when it names none."""
+        trace_id = built_by.trace_id if built_by is not None else stored_trace_id(document)
         await self._outbox.publish_verdict(
-            message_id,
-            document,
-            trace_id=built_by.trace_id if built_by is not None else None,
-            fallback_trace_id=tracing.trace_id_hex(span),
+            message_id, document, trace_id or tracing.trace_id_hex(delivery.span)
         )
 
     async def _dead_letter(self, delivery: Delivery, error: GuardqError, *, attempts: int) -> None:
