@@ -192,8 +192,8 @@ class Outbox:
     @contextmanager
     def _span(self, topic: str, message_id: str | None) -> Iterator[Span]:
         """A ``<topic> publish`` producer span with the messaging attributes."""
-        with self._tracer.start_as_current_span(
-            f"{topic} publish", kind=SpanKind.PRODUCER, attributes=tracing.send_attributes(topic, message_id)
+        with tracing.child_span(
+            self._tracer, f"{topic} publish", SpanKind.PRODUCER, tracing.send_attributes(topic, message_id)
         ) as span:
             yield span
 

@@ -27,6 +27,7 @@ from worker.processing.limiter import ConcurrencyLimiter
 from worker.processing.retry import GuardCallFailed, RetryPolicy, until_available
 from worker.processing.throttle import Throttle
 from worker.store.verdicts import VerdictStore
+from worker.telemetry import tracing
 from worker.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ class GuardCaller:
         await self._breaker.admit()  # while the circuit is open this waits: no attempt is spent
         await self._throttle.wait()  # inside a 429's Retry-After window nobody calls
         async with self._limiter.slot():
-            with self._tracer.start_as_current_span("guard moderate", kind=SpanKind.CLIENT) as span:
+            with tracing.child_span(self._tracer, "guard moderate", SpanKind.CLIENT) as span:
                 span.set_attribute("guardq.guard.model", self._guard.model)
                 span.set_attribute("guardq.attempt", made_before + attempt)
                 self._metrics.guard_calls.inc()

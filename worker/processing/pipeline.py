@@ -251,7 +251,7 @@ class Pipeline:
     async def _store_verdict(self, lease: Lease, document: bytes, *, force_token: str | None) -> bytes:
         """Store the verdict, waiting out a Redis outage here rather than calling the guard again.
         Returns what is stored: ours, or the verdict of a worker that took over a lost lease first."""
-        with self._tracer.start_as_current_span("redis store", kind=SpanKind.CLIENT) as span:
+        with tracing.child_span(self._tracer, "redis store", SpanKind.CLIENT) as span:
             span.set_attribute("db.system.name", "redis")
             return await until_available(
                 functools.partial(self._store.save, lease, document, force_token=force_token),
