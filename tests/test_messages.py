@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from typing import Any
@@ -11,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from worker.core.errors import InvalidInput
-from worker.core.messages import MAX_ID_CHARS, ModerationRequest, Verdict, parse_request
+from worker.core.messages import MAX_ID_CHARS, ModerationRequest, Verdict, content_digest, parse_request
 from worker.failures.envelope import REASONS
 
 LIMIT = 1000
@@ -360,3 +361,43 @@ def test_a_verdict_with_an_integer_past_64_bits_in_its_metadata_still_serialises
     assert document["metadata"] == {"n": 2**70, "text": "é"}
     small = json.loads(replace(verdict, metadata={"n": 1}).to_json())
     assert small["metadata"] == {"n": 1} and small["latency_ms"] == 1.5
+
+
+TRICKY = [
+    "",
+    "plain",
+    'quote " and \\ backslash',
+    "\x00\x01\x1f\x7f\x80\x9f",
+    "\n\r\t\b\f",
+    "é ü 中文",
+    "\u2028\u2029",
+    "\ufeff\uffff",
+    "😀 \U0010ffff",
+    "</script>",
+]
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_content_digest_is_the_sha256_of_the_compact_json_list_it_always_was(text: str) -> None:
+    # Stored verdicts are bound to this digest: if its bytes changed, every stored verdict would conflict.
+    for parts in (("prompt", None, text), ("response", text, "answer"), ("model", "prompt", None, text)):
+        legacy = json.dumps(list(parts), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        assert content_digest(*parts) == hashlib.sha256(legacy).hexdigest()
+
+
+def test_an_integer_past_64_bits_in_metadata_is_echoed_exactly() -> None:
+    request = parse_request(_raw({"id": "a", "text": "t", "metadata": {"n": 2**70, "m": -(2**64)}}), LIMIT)
+    assert request.metadata == {"n": 2**70, "m": -(2**64)}
+
+
+def test_a_record_any_reader_takes_gives_the_same_request_either_way() -> None:
+    document = {
+        "id": "x",
+        "text": "héllo \u2028",
+        "kind": "response",
+        "prompt": "p",
+        "metadata": {"a": [1, 2.5, None]},
+    }
+    fast = parse_request(json.dumps(document).encode(), LIMIT)  # orjson reads it
+    slow = parse_request(json.dumps(document | {"pad": "1" * 19}).encode(), LIMIT)  # a long digit run: stdlib
+    assert fast == slow and fast.metadata == {"a": [1, 2.5, None]}
