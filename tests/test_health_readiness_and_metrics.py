@@ -63,18 +63,21 @@ async def test_health_ready_metrics_and_status_while_moderating(
             # A verdict is stored in Redis before it is published and counted: wait for both counts (a
             # label's line appears with its first count).
             text = (await _get(worker, "/metrics"))[1]
-            labels = ('guardq_verdicts_total{label="safe"} ', 'guardq_verdicts_total{label="unsafe"} ')
+            labels = (
+                'guardq_verdicts_total{action="allow",label="safe"} ',
+                'guardq_verdicts_total{action="block",label="unsafe"} ',
+            )
             if not all(label in text for label in labels):
                 return False
-            return _sample(text, 'guardq_verdicts_total{label="safe"}') >= 30 and (
-                _sample(text, 'guardq_verdicts_total{label="unsafe"}') >= 1
+            return _sample(text, 'guardq_verdicts_total{action="allow",label="safe"}') >= 30 and (
+                _sample(text, 'guardq_verdicts_total{action="block",label="unsafe"}') >= 1
             )
 
         await wait_until(all_published, timeout_s=15, what="31 verdicts counted as published")
         status, metrics = await _get(worker, "/metrics")
         assert status == 200
-        assert _sample(metrics, 'guardq_verdicts_total{label="safe"}') == 30
-        assert _sample(metrics, 'guardq_verdicts_total{label="unsafe"}') == 1
+        assert _sample(metrics, 'guardq_verdicts_total{action="allow",label="safe"}') == 30
+        assert _sample(metrics, 'guardq_verdicts_total{action="block",label="unsafe"}') == 1
         assert _sample(metrics, "guardq_guard_latency_seconds_count") == 31
         assert _sample(metrics, "guardq_guard_calls_total") == 31
         assert _sample(metrics, "guardq_breaker_state") == 0
@@ -94,6 +97,8 @@ async def test_health_ready_metrics_and_status_while_moderating(
         document: dict[str, Any] = json.loads((await _get(worker, "/status"))[1])
         assert document["ready"] is True and document["breaker"] == "green"
         assert document["verdicts"] == {"safe": 30.0, "unsafe": 1.0}
+        assert document["actions"] == {"allow": 30.0, "block": 1.0}
+        assert document["policy"] == {"unsafe": "block", "controversial": "review", "categories": {}}
 
         cli = await run_guardq(settings, "status", "--url", f"http://127.0.0.1:{worker.http_port}")
         assert cli.returncode == 0, cli.stderr

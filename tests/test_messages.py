@@ -22,6 +22,7 @@ def _safe_verdict(message_id: str, metadata: dict[str, Any], content_sha256: str
     return Verdict(
         id=message_id,
         label="safe",
+        action="allow",
         categories=[],
         refusal=None,
         model="m",

@@ -77,6 +77,7 @@ def _verdict(span: Any, *, refusal: bool | None, metadata: dict[str, Any]) -> Ve
     return Verdict(
         id="req-1",
         label="unsafe",
+        action="block",
         categories=["Violent", "PII"],
         refusal=refusal,
         model="Qwen/Qwen3Guard-Gen-8B",

@@ -69,23 +69,27 @@ def test_unknown_exporter_name_is_a_clear_error() -> None:
 
 def test_steps_of_an_unrecorded_trace_reuse_the_message_span() -> None:
     tracer = tracing.get_tracer(tracing.build_provider({}))
-    with tracer.start_as_current_span("moderation.requests process") as root:
-        with tracing.child_span(tracer, "guard moderate", trace.SpanKind.CLIENT) as step:
-            assert step is root
-            assert tracing.traceparent_of(step) == tracing.traceparent_of(root)
-            assert not step.get_span_context().trace_flags.sampled
+    with (
+        tracer.start_as_current_span("moderation.requests process") as root,
+        tracing.child_span(tracer, "guard moderate", trace.SpanKind.CLIENT) as step,
+    ):
+        assert step is root
+        assert tracing.traceparent_of(step) == tracing.traceparent_of(root)
+        assert not step.get_span_context().trace_flags.sampled
 
 
 def test_steps_of_a_recorded_trace_are_child_spans() -> None:
     tracer = tracing.get_tracer(tracing.build_provider({}))
     parent = tracing.extract([("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")])
-    with tracer.start_as_current_span("moderation.requests process", context=parent) as root:
-        with tracing.child_span(tracer, "guard moderate", trace.SpanKind.CLIENT) as step:
-            assert step is not root
-            assert step.is_recording()
-            assert tracing.trace_id_hex(step) == "4bf92f3577b34da6a3ce929d0e0e4736"
-            assert step.parent is not None  # type: ignore[attr-defined]
-            assert step.parent.span_id == root.get_span_context().span_id  # type: ignore[attr-defined]
+    with (
+        tracer.start_as_current_span("moderation.requests process", context=parent) as root,
+        tracing.child_span(tracer, "guard moderate", trace.SpanKind.CLIENT) as step,
+    ):
+        assert step is not root
+        assert step.is_recording()
+        assert tracing.trace_id_hex(step) == "4bf92f3577b34da6a3ce929d0e0e4736"
+        assert step.parent is not None  # type: ignore[attr-defined]
+        assert step.parent.span_id == root.get_span_context().span_id  # type: ignore[attr-defined]
 
 
 def test_a_step_outside_any_message_span_gets_a_span_of_its_own() -> None:

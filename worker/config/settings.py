@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from worker.config.values import (
+    _action,
     _backend,
     _boolean,
     _bootstrap,
@@ -24,8 +25,10 @@ from worker.config.values import (
     _concurrency,
     _create_topics,
     _http_url,
+    _non_negative_float,
     _optional_file,
     _optional_text,
+    _policy_categories,
     _port,
     _positive_float,
     _positive_int,
@@ -37,6 +40,8 @@ from worker.config.values import (
     _text,
     _topic,
 )
+from worker.core.policy import Policy, overrides_map, parse_action
+from worker.core.taxonomies import CATEGORIES, DEFAULT_MODELS
 
 
 class SettingsError(ValueError):
@@ -94,11 +99,24 @@ class Settings:
     kafka_bootstrap: str = setting("127.0.0.1:9092", _bootstrap, "bootstrap servers")
     redis_url: str = setting("redis://127.0.0.1:6379/0", _redis_url, "verdict store", secret=True)
     redis_prefix: str = setting("guardq:", _text, "Redis key prefix")
-    guard_backend: str = setting("qwen3guard", _backend, "qwen3guard or local")
+    guard_backend: str = setting(
+        "qwen3guard", _backend, "qwen3guard, llamaguard, openai-moderation or local (offline demo)"
+    )
     guard_url: str = setting("http://127.0.0.1:8000/v1", _http_url, "guard base URL (/v1)")
-    guard_model: str = setting("Qwen/Qwen3Guard-Gen-8B", _text, "model name sent to the guard")
+    guard_model: str = setting(
+        DEFAULT_MODELS["qwen3guard"], _text, "model name sent to the guard (default: the backend's own)"
+    )
     guard_api_key: str | None = setting("", _optional_text, "bearer token (never logged)", secret=True)
     guard_timeout_s: float = setting("30", _positive_float, "per-call guard timeout")
+    guard_batch_max: int = setting("32", _positive_int, "most inputs per request of a batching backend")
+    guard_batch_wait_ms: float = setting(
+        "5", _non_negative_float, "longest wait for a batching backend's request to fill"
+    )
+    policy_unsafe: str = setting("block", _action, "action for an unsafe verdict: allow, block or review")
+    policy_controversial: str = setting("review", _action, "action for a controversial verdict")
+    policy_categories: tuple[str, ...] = setting(
+        "", _policy_categories, "per-category actions of unsafe verdicts, e.g. PII=review,Jailbreak=block"
+    )
     input_topic: str = setting("moderation.requests", _topic, "input topic")
     verdict_topic: str = setting("moderation.verdicts", _topic, "verdict topic")
     dlq_topic: str = setting("moderation.dlq", _topic, "dead-letter topic")
@@ -168,7 +186,10 @@ class Settings:
         values: dict[str, Any] = {}
         for spec in SPECS:
             flagged = overrides.get(spec.field)
-            raw = flagged if flagged is not None else env.get(spec.env, spec.default)
+            default = spec.default
+            if spec.field == "guard_model":  # each backend names its own model by default
+                default = DEFAULT_MODELS[values["guard_backend"]]
+            raw = flagged if flagged is not None else env.get(spec.env, default)
             try:
                 values[spec.field] = spec.parse(raw)
             except ValueError as exc:
@@ -191,6 +212,12 @@ class Settings:
                 "GUARDQ_KAFKA_SECURITY_PROTOCOL=SASL_*: set GUARDQ_KAFKA_SASL_MECHANISM, _USERNAME and _PASSWORD"
             )
         self._check_security()
+        known = CATEGORIES[self.guard_backend]
+        if unknown := self.policy.unknown_categories(known):
+            raise SettingsError(
+                f"GUARDQ_POLICY_CATEGORIES names {unknown[0]!r}, not a category of "
+                f"GUARDQ_GUARD_BACKEND={self.guard_backend} (its categories: {', '.join(known)})"
+            )
 
     def _check_security(self) -> None:
         """Security options that would be silently ignored, or that contradict each other, are errors."""
@@ -227,6 +254,20 @@ class Settings:
             )
         if self.guard_ca_file and not self.guard_url.startswith("https://"):
             raise SettingsError("GUARDQ_GUARD_CA_FILE needs an https:// GUARDQ_GUARD_URL")
+
+    @property
+    def policy(self) -> Policy:
+        """The verdict policy (GUARDQ_POLICY_*)."""
+        return Policy(
+            unsafe=parse_action(self.policy_unsafe),
+            controversial=parse_action(self.policy_controversial),
+            categories=overrides_map(self.policy_categories),
+        )
+
+    @property
+    def guard_batch_wait_s(self) -> float:
+        """GUARDQ_GUARD_BATCH_WAIT_MS in seconds."""
+        return self.guard_batch_wait_ms / 1000
 
     @property
     def retry_topics(self) -> tuple[str, ...]:

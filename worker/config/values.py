@@ -6,6 +6,9 @@ from __future__ import annotations
 import re
 from urllib.parse import urlparse
 
+from worker.core.policy import Action, parse_action, parse_overrides
+from worker.core.taxonomies import BACKENDS
+
 # The smallest chunk that still carries enough context to be judged (worker.processing.chunking.MIN_CHUNK_CHARS).
 MIN_CHUNK_CHARS = 512
 
@@ -101,9 +104,24 @@ def _http_url(raw: str) -> str:
 
 
 def _backend(raw: str) -> str:
-    if raw not in {"qwen3guard", "local"}:
-        raise ValueError("must be 'qwen3guard' or 'local'")
+    if raw not in BACKENDS:
+        raise ValueError(f"must be one of {', '.join(BACKENDS)}")
     return raw
+
+
+def _action(raw: str) -> Action:
+    return parse_action(raw)
+
+
+def _policy_categories(raw: str) -> tuple[str, ...]:
+    return parse_overrides(raw)
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(_number(raw, float, "a number"))
+    if not 0 <= value < float("inf"):
+        raise ValueError("must be a finite number >= 0")
+    return value
 
 
 def _create_topics(raw: str) -> str:

@@ -19,6 +19,7 @@ import orjson
 
 from worker.core.errors import InvalidInput
 from worker.core.guard_types import GuardRequest, Kind, Label
+from worker.core.policy import Action, Policy
 from worker.core.reasons import Reason
 
 MAX_ID_CHARS = 512
@@ -201,6 +202,7 @@ class Verdict:
 
     id: str
     label: Label
+    action: Action
     categories: list[str]
     refusal: bool | None
     model: str
@@ -221,10 +223,21 @@ class Verdict:
             return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def stored_trace_id(document: bytes) -> str | None:
-    """The ``trace_id`` a stored verdict document names (None when it names none or does not parse)."""
+def stored_for_publish(document: bytes, policy: Policy) -> tuple[bytes, str | None]:
+    """A stored verdict as it is published again, and the trace id it names (None when none or when it
+    does not parse). One stored by a version without policies gains the current policy's ``action``."""
     try:
-        trace_id = orjson.loads(document).get("trace_id")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    return str(trace_id) if trace_id else None
+        parsed = orjson.loads(document)
+    except orjson.JSONDecodeError:
+        return document, None
+    if not isinstance(parsed, dict):
+        return document, None
+    trace_id = parsed.get("trace_id")
+    label = parsed.get("label")
+    if "action" not in parsed and label in ("safe", "unsafe", "controversial"):
+        exact = json.loads(document)  # read again exactly: its metadata may hold an integer past 64 bits
+        categories = exact.get("categories")
+        named = [name for name in categories if isinstance(name, str)] if isinstance(categories, list) else []
+        exact["action"] = policy.action(label, named)
+        document = json.dumps(exact, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return document, str(trace_id) if trace_id else None

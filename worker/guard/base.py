@@ -7,19 +7,6 @@ from typing import Protocol, Self
 
 from worker.core.guard_types import GuardRequest, GuardVerdict
 
-# The Qwen3Guard-Gen taxonomy, spelled exactly as the model prints it, in its documented order.
-QWEN3GUARD_CATEGORIES: tuple[str, ...] = (
-    "Violent",
-    "Non-violent Illegal Acts",
-    "Sexual Content or Sexual Acts",
-    "PII",
-    "Suicide & Self-Harm",
-    "Unethical Acts",
-    "Politically Sensitive Topics",
-    "Copyright Violation",
-    "Jailbreak",
-)
-
 
 class AsyncLifecycle:
     """``async with backend:`` runs ``start()`` then ``stop()``; backends inherit it."""

@@ -25,7 +25,7 @@ from worker.core.errors import (
     GuardUnavailable,
 )
 from worker.core.guard_types import Kind, Label
-from worker.guard.base import QWEN3GUARD_CATEGORIES
+from worker.core.taxonomies import QWEN3GUARD_CATEGORIES
 
 CATEGORIES: Final[frozenset[str]] = frozenset(QWEN3GUARD_CATEGORIES)
 

@@ -168,6 +168,8 @@ class Health:
             "not_ready_because": readiness["reasons"],
             "problems": liveness["problems"],
             "checks": dict(self.checks),
+            "guard": {"backend": self.settings.guard_backend, "model": self.settings.guard_model},
+            "policy": self._policy(),
             "breaker": self.breaker.state.value,
             "concurrency": self._concurrency(),
             "in_flight": state.in_flight if state else 0,
@@ -175,10 +177,19 @@ class Health:
             "throughput_per_s": self.throughput_per_s(),
             "outcomes": metrics.by_label(metrics.outcomes),
             "verdicts": metrics.by_label(metrics.verdicts),
+            "actions": metrics.by_label(metrics.verdicts, "action"),
             "dead_letters": metrics.by_label(metrics.dead_letters),
             "retry_hops": metrics.by_label(metrics.retry_hops),
             "guard_calls": metrics.total(metrics.guard_calls),
             "partitions": partitions,
+        }
+
+    def _policy(self) -> dict[str, Any]:
+        policy = self.settings.policy
+        return {
+            "unsafe": policy.unsafe,
+            "controversial": policy.controversial,
+            "categories": dict(policy.categories),
         }
 
     def throughput_per_s(self) -> float:

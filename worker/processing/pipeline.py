@@ -48,7 +48,7 @@ from worker.core.messages import (
     Verdict,
     check_headers,
     parse_request,
-    stored_trace_id,
+    stored_for_publish,
 )
 from worker.core.times import utc_now_rfc3339
 from worker.failures.envelope import force_token, replay_token
@@ -116,6 +116,7 @@ class Pipeline:
         self._tracer = tracer
         self._schedule = schedule
         self._metrics = metrics
+        self._policy = settings.policy
         # Ids whose lease a delivery in this process holds: other deliveries of them wait on the event
         # instead of polling Redis.
         self._moderating: dict[str, asyncio.Event] = {}
@@ -204,7 +205,7 @@ class Pipeline:
             done.set()
         # Ours is published as built; one stored first by another worker is read for its trace id.
         await self._publish(delivery, request.id, stored, built_by=verdict if stored is document else None)
-        self._metrics.verdicts.labels(answer.verdict.label).inc()
+        self._metrics.verdicts.labels(answer.verdict.label, verdict.action).inc()
         log.debug("verdict id=%s label=%s", request.id, answer.verdict.label)
         return Outcome.MODERATED
 
@@ -302,6 +303,7 @@ class Pipeline:
             content_sha256=request.content_sha256,
             id=request.id,
             label=verdict.label,
+            action=self._policy.action(verdict.label, verdict.categories),
             categories=list(verdict.categories),
             refusal=verdict.refusal if request.kind == "response" else None,
             model=verdict.model,
@@ -318,7 +320,10 @@ class Pipeline:
     ) -> None:
         """Publish ``document`` with the trace id it names: known when we built it, read when it was
         stored (by an earlier delivery, or another worker); this delivery's own when it names none."""
-        trace_id = built_by.trace_id if built_by is not None else stored_trace_id(document)
+        if built_by is not None:
+            trace_id: str | None = built_by.trace_id
+        else:
+            document, trace_id = stored_for_publish(document, self._policy)
         await self._outbox.publish_verdict(
             message_id, document, trace_id or tracing.trace_id_hex(delivery.span)
         )

@@ -119,7 +119,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.outcomes = Counter("guardq_outcomes", "What became of each record", ["outcome"], registry=r)
-        self.verdicts = Counter("guardq_verdicts", "Verdicts published, by label", ["label"], registry=r)
+        self.verdicts = Counter(
+            "guardq_verdicts", "Verdicts published, by label and action", ["label", "action"], registry=r
+        )
         self.dead_letters = Counter("guardq_dead_letters", "Dead letters, by reason", ["reason"], registry=r)
         self.dead_letters_reduced = Counter(
             "guardq_dead_letters_reduced",
@@ -166,11 +168,12 @@ class Metrics:
                     total += sample.value
         return total
 
-    def by_label(self, counter: Counter) -> dict[str, float]:
-        """A one-label counter as {label value: count}."""
+    def by_label(self, counter: Counter, label: str | None = None) -> dict[str, float]:
+        """A counter as {value of ``label`` (its first label by default): count}, summed over the others."""
         found: dict[str, float] = {}
         for metric in counter.collect():
             for sample in metric.samples:
                 if sample.name.endswith("_total") and sample.labels:
-                    found[next(iter(sample.labels.values()))] = sample.value
+                    value = sample.labels[label] if label else next(iter(sample.labels.values()))
+                    found[value] = found.get(value, 0.0) + sample.value
         return found

@@ -10,7 +10,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from worker.guard.base import QWEN3GUARD_CATEGORIES
+from worker.core.taxonomies import QWEN3GUARD_CATEGORIES
 
 # The chat template adds the guard instructions around the text: about this many tokens.
 TEMPLATE_OVERHEAD_TOKENS = 300
