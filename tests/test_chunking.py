@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from worker.core.guard_types import GuardRequest, GuardVerdict, Label
 from worker.dev.sim.verdicts import estimate_prompt_tokens
-from worker.guard.qwen3guard import MAX_TOKENS
+from worker.guard.chat import MAX_TOKENS
 from worker.processing.chunking import (
     MIN_CHUNK_CHARS,
     OVERHEAD_TOKENS,

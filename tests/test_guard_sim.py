@@ -220,11 +220,12 @@ async def test_sim_config_updates_live_knobs_and_rejects_bad_ones(make_client: M
     assert (await (await client.get("/sim/config")).json())["capacity"] == 256
 
 
-async def test_models_lists_the_served_model_with_context_window(make_client: MakeClient) -> None:
+async def test_models_lists_the_served_chat_models_with_context_window(make_client: MakeClient) -> None:
     client = await make_client(model="Qwen/Qwen3Guard-Gen-0.6B", max_model_len=4096)
     body = await (await client.get("/v1/models")).json()
     assert body["object"] == "list"
-    [card] = body["data"]
+    [card, llama] = body["data"]
+    assert llama["id"] == "meta-llama/Llama-Guard-4-12B" and llama["max_model_len"] == 4096
     assert card["id"] == card["root"] == "Qwen/Qwen3Guard-Gen-0.6B"
     assert (card["object"], card["owned_by"], card["max_model_len"]) == ("model", "vllm", 4096)
     assert isinstance(card["created"], int)

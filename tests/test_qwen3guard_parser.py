@@ -18,15 +18,8 @@ from worker.core.errors import (
 )
 from worker.core.guard_types import GuardRequest
 from worker.guard.qwen3guard import build_messages
-from worker.guard.qwen3guard_parse import (
-    error_for_status,
-    error_message,
-    model_ids,
-    neutralise,
-    parse_guard_output,
-    parse_retry_after,
-    reply_content,
-)
+from worker.guard.qwen3guard_parse import neutralise, parse_guard_output
+from worker.guard.wire import error_for_status, error_message, model_ids, parse_retry_after, reply_content
 
 
 def test_safe_prompt_has_no_categories_and_no_refusal() -> None:

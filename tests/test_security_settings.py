@@ -21,7 +21,8 @@ from worker.core.guard_types import GuardRequest
 from worker.dev.sim.config import SimConfig
 from worker.dev.sim.server import build_app
 from worker.guard.factory import build_backend
-from worker.guard.qwen3guard import Qwen3GuardBackend, tls_context
+from worker.guard.http import tls_context
+from worker.guard.qwen3guard import Qwen3GuardBackend
 from worker.kafka import clients as kafka
 from worker.store.verdicts import RedisSecurity, connect_redis
 

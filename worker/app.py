@@ -194,6 +194,8 @@ class Worker:
             chunk_chars=settings.chunk_chars,
             metrics=self.metrics,
             adaptive=self.adaptive,
+            batch_max=settings.guard_batch_max,
+            batch_wait_s=settings.guard_batch_wait_s,
         )
         return Pipeline(
             settings,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, runtime_checkable
 
+from worker.core.errors import GuardError
 from worker.core.guard_types import GuardRequest, GuardVerdict
 
 
@@ -48,4 +50,14 @@ class GuardBackend(Protocol):
 
     async def moderate(self, request: GuardRequest) -> GuardVerdict:
         """Moderate one text; raises a ``GuardError`` subclass on failure."""
+        ...
+
+
+@runtime_checkable
+class BatchGuardBackend(GuardBackend, Protocol):
+    """A backend that judges many texts in one request (the caller gathers them into batches)."""
+
+    async def moderate_batch(self, requests: Sequence[GuardRequest]) -> list[GuardVerdict | GuardError]:
+        """One request for all of ``requests``: each its verdict or its own error, in order. Raises a
+        ``GuardError`` when the request as a whole fails."""
         ...

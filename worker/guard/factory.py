@@ -13,9 +13,17 @@ def build_backend(settings: Settings) -> GuardBackend:
         from worker.guard.local import LocalBackend
 
         return LocalBackend()
+    from worker.guard.http import GuardHttp
+    from worker.guard.llamaguard import LlamaGuardBackend
+    from worker.guard.moderation import OpenAIModerationBackend
     from worker.guard.qwen3guard import Qwen3GuardBackend
 
-    return Qwen3GuardBackend(
+    backends: dict[str, type[GuardHttp]] = {
+        "qwen3guard": Qwen3GuardBackend,
+        "llamaguard": LlamaGuardBackend,
+        "openai-moderation": OpenAIModerationBackend,
+    }
+    return backends[settings.guard_backend](
         base_url=settings.guard_url,
         model=settings.guard_model,
         api_key=settings.guard_api_key,

@@ -13,16 +13,21 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
-from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, SpanKind, Tracer
 
 from worker.core.errors import GuardContextOverflow, GuardError, GuardTimeout
 from worker.core.guard_types import GuardRequest, GuardVerdict
-from worker.guard.base import GuardBackend
+from worker.guard.base import BatchGuardBackend, GuardBackend
 from worker.processing import chunking
 from worker.processing.adaptive import AdaptiveLimit
 from worker.processing.breaker import CircuitBreaker
+from worker.processing.guardbatch import Answer as BatchAnswer
+from worker.processing.guardbatch import GuardBatcher
 from worker.processing.limiter import ConcurrencyLimiter
 from worker.processing.retry import GuardCallFailed, RetryPolicy, until_available
 from worker.processing.throttle import Throttle
@@ -31,6 +36,7 @@ from worker.telemetry import tracing
 from worker.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # The chars budget per call when neither GUARDQ_CHUNK_CHARS nor the guard's reported window sets one.
 DEFAULT_CHUNK_CHARS = 24_000
@@ -65,6 +71,8 @@ class GuardCaller:
         chunk_chars: int | None,
         metrics: Metrics,
         adaptive: AdaptiveLimit | None = None,
+        batch_max: int = 32,
+        batch_wait_s: float = 0.005,
     ) -> None:
         self._guard = guard
         self._limiter = limiter
@@ -76,6 +84,11 @@ class GuardCaller:
         self._chunk_chars = chunk_chars
         self._metrics = metrics
         self._adaptive = adaptive
+        self._batcher = (
+            GuardBatcher(self._send_batch, self._limiter.slot, max_size=batch_max, wait_s=batch_wait_s)
+            if isinstance(guard, BatchGuardBackend)
+            else None
+        )
 
     def _budget(self) -> int:
         if self._chunk_chars is not None:
@@ -156,34 +169,57 @@ class GuardCaller:
     async def _call(self, request: GuardRequest, made_before: int, attempt: int) -> GuardVerdict:
         await self._breaker.admit()  # while the circuit is open this waits: no attempt is spent
         await self._throttle.wait()  # inside a 429's Retry-After window nobody calls
-        async with self._limiter.slot():
-            with tracing.child_span(self._tracer, "guard moderate", SpanKind.CLIENT) as span:
-                span.set_attribute("guardq.guard.model", self._guard.model)
-                span.set_attribute("guardq.attempt", made_before + attempt)
-                self._metrics.guard_calls.inc()
-                if attempt > 1:
-                    self._metrics.guard_retries.inc()
-                started = time.monotonic()
-                try:
-                    verdict = await self._guard.moderate(request)
-                except GuardError as exc:
-                    self._metrics.guard_errors.labels(type(exc).__name__).inc()
-                    # A 400 or a reply that is not a verdict is an answer: the guard is up.
-                    self._breaker.record(success=not exc.guard_down)
-                    if exc.status == 429 and (exc.retry_after_s is not None or self._adaptive is None):
-                        # A Retry-After is always honoured by every call. Without one, a fixed cap has
-                        # nothing else to slow it (hold everyone a second); the adaptive cap shrinks
-                        # instead, and only the refused call waits, for its own backoff.
-                        self._throttle.hold_for(exc.retry_after_s)
-                    self._sample(
-                        started, overloaded=_overloaded(exc), timed_out=isinstance(exc, GuardTimeout)
-                    )
-                    raise
-                finally:
-                    self._metrics.guard_latency.observe(time.monotonic() - started)
-                self._breaker.record(success=True)
-                self._sample(started, overloaded=False)
-                return verdict
+        with tracing.child_span(self._tracer, "guard moderate", SpanKind.CLIENT) as span:
+            span.set_attribute("guardq.guard.model", self._guard.model)
+            span.set_attribute("guardq.attempt", made_before + attempt)
+            if attempt > 1:
+                self._metrics.guard_retries.inc()
+            if self._batcher is not None:
+                return await self._batcher.submit(request, span.get_span_context())
+            async with self._limiter.slot():
+                return await self._request(functools.partial(self._guard.moderate, request), texts=1)
+
+    async def _send_batch(self, requests: list[GuardRequest], links: list[Link]) -> list[BatchAnswer]:
+        """One batch request (the batcher holds its slot), in a span of its own linked to each message's."""
+        assert isinstance(self._guard, BatchGuardBackend)
+        send = functools.partial(self._guard.moderate_batch, requests)
+        with self._tracer.start_as_current_span(
+            "guard moderate batch",
+            context=Context(),  # its own trace: it serves many
+            kind=SpanKind.CLIENT,
+            links=links,
+            attributes={"guardq.guard.model": self._guard.model, "guardq.batch.size": len(requests)},
+        ):
+            answers = await self._request(send, texts=len(requests))
+        for answer in answers:
+            if isinstance(answer, GuardError):  # this text's own entry was bad; the guard answered
+                self._metrics.guard_errors.labels(type(answer).__name__).inc()
+        return answers
+
+    async def _request(self, send: Callable[[], Awaitable[_T]], *, texts: int) -> _T:
+        """One guard request: counted, timed, and told to the breaker, the 429 throttle and the
+        adaptive cap."""
+        self._metrics.guard_calls.inc()
+        self._metrics.guard_texts.inc(texts)
+        started = time.monotonic()
+        try:
+            answer = await send()
+        except GuardError as exc:
+            self._metrics.guard_errors.labels(type(exc).__name__).inc()
+            # A 400 or a reply that is not a verdict is an answer: the guard is up.
+            self._breaker.record(success=not exc.guard_down)
+            if exc.status == 429 and (exc.retry_after_s is not None or self._adaptive is None):
+                # A Retry-After is always honoured by every call. Without one, a fixed cap has
+                # nothing else to slow it (hold everyone a second); the adaptive cap shrinks
+                # instead, and only the refused call waits, for its own backoff.
+                self._throttle.hold_for(exc.retry_after_s)
+            self._sample(started, overloaded=_overloaded(exc), timed_out=isinstance(exc, GuardTimeout))
+            raise
+        finally:
+            self._metrics.guard_latency.observe(time.monotonic() - started)
+        self._breaker.record(success=True)
+        self._sample(started, overloaded=False)
+        return answer
 
     def _sample(self, started: float, *, overloaded: bool, timed_out: bool = False) -> None:
         """Tell the adaptive cap (GUARDQ_CONCURRENCY=auto) how this call went."""

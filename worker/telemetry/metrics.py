@@ -136,7 +136,12 @@ class Metrics:
             registry=r,
         )
         self.retry_hops = Counter("guardq_retry_hops", "Records sent to a retry topic", ["topic"], registry=r)
-        self.guard_calls = Counter("guardq_guard_calls", "Guard calls made", registry=r)
+        self.guard_calls = Counter("guardq_guard_calls", "Guard calls made (HTTP requests)", registry=r)
+        self.guard_texts = Counter(
+            "guardq_guard_texts",
+            "Texts sent to the guard (more than calls when a backend batches)",
+            registry=r,
+        )
         self.guard_retries = Counter(
             "guardq_guard_retries", "Guard calls that were in-process retries", registry=r
         )

@@ -21,6 +21,7 @@ RATE_KNOBS = (
     "hang_rate",
     "garbage_rate",
     "length_rate",
+    "flip_share",
 )
 # The listening socket is bound once; changing these at runtime would silently do nothing.
 STARTUP_ONLY_KNOBS = frozenset({"host", "port"})
@@ -36,7 +37,10 @@ class SimConfig:
 
     host: str = "127.0.0.1"
     port: int = 8000
-    model: str = "Qwen/Qwen3Guard-Gen-8B"
+    model: str = "Qwen/Qwen3Guard-Gen-8B"  # answered in Qwen3Guard's format on /v1/chat/completions
+    llamaguard_model: str = "meta-llama/Llama-Guard-4-12B"  # answered in Llama Guard's format there
+    moderation_model: str = "omni-moderation-latest"  # served on /v1/moderations
+    flip_share: float = 0.0  # share of texts (by hash) whose verdict is turned over: a guard that disagrees
     api_key: str | None = None
     error_shape: ErrorShape = "nested"
     max_model_len: int = 32768
@@ -70,7 +74,9 @@ class SimConfig:
         _check("flood_mb", 1 <= self.flood_mb <= 4096, "must be 1..4096")
         _check("max_model_len", self.max_model_len >= 1, "must be >= 1")
         _check("port", 0 <= self.port <= 65535, "must be a port number 0..65535")
-        _check("model", bool(self.model.strip()), "must not be empty")
+        for name in ("model", "llamaguard_model", "moderation_model"):
+            _check(name, bool(getattr(self, name).strip()), "must not be empty")
+        _check("llamaguard_model", self.llamaguard_model != self.model, "must differ from model")
         _check("error_shape", self.error_shape in ERROR_SHAPES, f"must be one of {', '.join(ERROR_SHAPES)}")
         _check(
             "latency_dist", self.latency_dist in LATENCY_DISTS, f"must be one of {', '.join(LATENCY_DISTS)}"
@@ -149,7 +155,23 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--host", default=d.host, help="address to bind (default %(default)s)")
     add("--port", type=_PORT, default=d.port, help="port to bind, 0 picks a free one (default %(default)s)")
-    add("--model", default=d.model, help="served model name (default %(default)s)")
+    add("--model", default=d.model, help="Qwen3Guard model served (default %(default)s)")
+    add(
+        "--llamaguard-model",
+        default=d.llamaguard_model,
+        help="Llama Guard model served (default %(default)s)",
+    )
+    add(
+        "--moderation-model",
+        default=d.moderation_model,
+        help="model of /v1/moderations (default %(default)s)",
+    )
+    add(
+        "--flip-share",
+        type=_RATE,
+        default=d.flip_share,
+        help="share of texts whose verdict is turned over (a guard that disagrees)",
+    )
     add("--api-key", default=d.api_key, help="require 'Authorization: Bearer KEY' on /v1 routes")
     add(
         "--error-shape",

@@ -1,7 +1,9 @@
-"""A simulated Qwen3Guard-Gen server speaking vLLM's OpenAI-compatible wire format, for tests, benchmarks
-and local development.
+"""A simulated guard server speaking vLLM's OpenAI-compatible wire format, for tests, benchmarks and local
+development. It serves every backend's format at once: ``/v1/chat/completions`` answers as Qwen3Guard-Gen
+for ``model`` and as Llama Guard for ``llamaguard_model``; ``/v1/moderations`` answers OpenAI-style
+moderation results for ``moderation_model`` (one result per input; one request is one call).
 
-Verdicts come from keywords (``classify``); latency, capacity queueing and faults (503, 429, resets, hangs,
+Verdicts come from keywords (``verdicts``); latency, capacity queueing and faults (503, 429, resets, hangs,
 garbage and truncated replies, context overflow) are driven by ``SimConfig`` knobs, a seeded RNG, and
 in-text markers such as ``[[sim:503x2]]``. ``/sim/stats``, ``/sim/reset`` and ``/sim/config`` inspect and
 steer a running server.
@@ -18,6 +20,7 @@ import struct
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 
@@ -32,7 +35,13 @@ from worker.dev.sim.config import (
     configure_parser,
 )
 from worker.dev.sim.faults import FaultKind, SimState, content_key, sample_latency_s
-from worker.dev.sim.verdicts import classify, estimate_completion_tokens, estimate_prompt_tokens
+from worker.dev.sim.verdicts import (
+    classify,
+    estimate_completion_tokens,
+    estimate_prompt_tokens,
+    llamaguard_reply,
+    moderation_result,
+)
 from worker.ops import eventloop
 
 __all__ = ["SIM_STATE", "SimConfig", "build_app", "classify", "configure_parser", "run_from_args", "serve"]
@@ -119,9 +128,13 @@ async def _parse_chat(request: web.Request, config: SimConfig) -> _Chat:
         raise _bad_request("'model' must be a string")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise _bad_request("'max_tokens' must be a positive integer")
-    if model != config.model:
-        raise _ApiError(404, "NotFoundError", f"The model `{model}` does not exist.", "model_not_found")
+    if model not in (config.model, config.llamaguard_model):
+        raise _not_found(model)
     return _Chat(model, messages, max_tokens)
+
+
+def _not_found(model: str) -> _ApiError:
+    return _ApiError(404, "NotFoundError", f"The model `{model}` does not exist.", "model_not_found")
 
 
 def _completion(chat: _Chat, text: str, finish_reason: str, completion_tokens: int) -> web.Response:
@@ -169,7 +182,11 @@ def _reply(state: SimState, chat: _Chat, fault: FaultKind | None) -> web.Respons
     if fault == "echo":
         echoed = chat.messages[-1]["content"]
         return _completion(chat, echoed, "stop", estimate_completion_tokens(echoed))
-    text = classify(chat.messages)
+    config = state.config
+    if chat.model == config.llamaguard_model:
+        text = llamaguard_reply(chat.messages, config.flip_share)
+    else:
+        text = classify(chat.messages, config.flip_share)
     if fault == "length":
         # Cut mid-reply, as a too-small max_tokens would; the client must not trust what is left.
         return _completion(chat, text[: len(text) // 2], "length", chat.max_tokens)
@@ -190,11 +207,8 @@ def _drop_connection(request: web.Request) -> None:
     transport.abort()
 
 
-def _rejection(state: SimState, chat: _Chat, fault: FaultKind | None) -> _ApiError | None:
-    """The error reply for this call (an injected fault, or a real context overflow), or None to process it.
-
-    Gateway-style faults (503, 429) come first: a gateway answers before vLLM validates anything.
-    """
+def _gateway_rejection(state: SimState, fault: FaultKind | None) -> _ApiError | None:
+    """The error reply of an injected gateway-style fault (503, 429, 400, redirect), or None."""
     if fault == "503":
         return _ApiError(503, "ServiceUnavailableError", "Service Unavailable", "503")
     if fault == "429":
@@ -205,6 +219,17 @@ def _rejection(state: SimState, chat: _Chat, fault: FaultKind | None) -> _ApiErr
     if fault == "redirect":
         headers = {"Location": state.config.redirect_url}
         return _ApiError(307, "TemporaryRedirect", "moved", "redirect", headers)
+    return None
+
+
+def _rejection(state: SimState, chat: _Chat, fault: FaultKind | None) -> _ApiError | None:
+    """The error reply for this call (an injected fault, or a real context overflow), or None to process it.
+
+    Gateway-style faults (503, 429) come first: a gateway answers before vLLM validates anything.
+    """
+    error = _gateway_rejection(state, fault)
+    if error is not None:
+        return error
     prompt_tokens = estimate_prompt_tokens(chat.messages)
     if fault == "overflow" or prompt_tokens + chat.max_tokens > state.config.max_model_len:
         return _overflow_error(state.config, prompt_tokens, chat.max_tokens)
@@ -225,6 +250,15 @@ async def _process(state: SimState, request: web.Request) -> web.StreamResponse:
     error = _rejection(state, chat, fault)
     if error is not None:
         raise error
+    early = await _serve_time(state, request, fault, content)
+    return early if early is not None else _reply(state, chat, fault)
+
+
+async def _serve_time(
+    state: SimState, request: web.Request, fault: FaultKind | None, content: str
+) -> web.StreamResponse | None:
+    """Count the fault, then spend the call's time: a hang, a flood (returned), a refusal above capacity,
+    or the latency in a capacity slot."""
     if fault is not None:
         state.stats.faults[fault] += 1
     if fault == "hang":
@@ -240,15 +274,79 @@ async def _process(state: SimState, request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(latency_s)
     finally:
         state.gate.release()
-    return _reply(state, chat, fault)
+    return None
 
 
-async def _chat_completions(request: web.Request) -> web.StreamResponse:
-    """``POST /v1/chat/completions``."""
+async def _parse_moderation(request: web.Request, config: SimConfig) -> list[str]:
+    """The texts of a moderation request (``input``: a string, or a list of strings or text parts)."""
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _bad_request("The request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise _bad_request("The request body must be a JSON object")
+    model = body.get("model") or config.moderation_model
+    if model != config.moderation_model:
+        raise _not_found(model if isinstance(model, str) else repr(model))
+    raw = body.get("input")
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not items:
+        raise _bad_request("'input' must be a string or a non-empty list")
+    texts: list[str] = []
+    for item in items:
+        if isinstance(item, dict) and item.get("type") == "text" and isinstance(item.get("text"), str):
+            item = item["text"]
+        if not isinstance(item, str):
+            raise _bad_request("each input must be a string or a text part")
+        texts.append(item)
+    return texts
+
+
+async def _moderate(state: SimState, request: web.Request) -> web.StreamResponse:
+    """One moderation request: every input counts as a call; the first input's fault that concerns the
+    whole request (gateway faults, reset, hang, flood) applies to it, while garbage gives only that input
+    a malformed result and echo leaves its result out (a count mismatch)."""
+    texts = await _parse_moderation(request, state.config)
+    faults = []
+    for text in texts:
+        key = content_key(text)
+        state.stats.record_call(key, request.headers.get("traceparent"))
+        faults.append(state.decide_fault(key, text))
+    whole = next((f for f in faults if f not in (None, "garbage", "echo", "length")), None)
+    if whole == "reset":
+        state.stats.faults["reset"] += 1
+        _drop_connection(request)
+        return web.Response(status=499)
+    error = _gateway_rejection(state, whole)
+    if error is None and whole == "overflow":
+        error = _bad_request("This model's maximum context length is exceeded by an input")
+    if error is not None:
+        raise error
+    early = await _serve_time(state, request, whole, texts[0])
+    if early is not None:
+        return early
+    config = state.config
+    results: list[object] = []
+    for text, fault in zip(texts, faults, strict=True):
+        if fault in ("garbage", "length"):
+            state.stats.faults[fault] += 1
+            results.append({"flagged": "maybe", "categories": None})
+        elif fault == "echo":
+            state.stats.faults[fault] += 1
+        else:
+            state.stats.verdicts += 1
+            results.append(moderation_result(text, config.flip_share))
+    body = {"id": f"modr-{uuid.uuid4().hex}", "model": config.moderation_model, "results": results}
+    return web.json_response(body)
+
+
+async def _answer(
+    request: web.Request, process: Callable[[SimState, web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     state = request.app[SIM_STATE]
     state.stats.request_started()
     try:
-        return await _process(state, request)
+        return await process(state, request)
     except _ApiError as error:
         state.stats.faults[error.fault] += 1
         return _error_response(state.config, error)
@@ -257,19 +355,32 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         request.app[SIM_STATE].stats.request_finished()
 
 
+async def _moderations(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/moderations``."""
+    return await _answer(request, _moderate)
+
+
+async def _chat_completions(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/chat/completions``."""
+    return await _answer(request, _process)
+
+
 async def _models(request: web.Request) -> web.Response:
-    """``GET /v1/models``: the one served model, with its context window."""
+    """``GET /v1/models``: the chat models served, with their context window."""
     config = request.app[SIM_STATE].config
-    card = {
-        "id": config.model,
-        "object": "model",
-        "created": int(time.time()),
-        "owned_by": "vllm",
-        "root": config.model,
-        "parent": None,
-        "max_model_len": config.max_model_len,
-    }
-    return web.json_response({"object": "list", "data": [card]})
+    cards = [
+        {
+            "id": model,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "vllm",
+            "root": model,
+            "parent": None,
+            "max_model_len": config.max_model_len,
+        }
+        for model in (config.model, config.llamaguard_model)
+    ]
+    return web.json_response({"object": "list", "data": cards})
 
 
 async def _health(request: web.Request) -> web.Response:
@@ -335,6 +446,7 @@ def build_app(config: SimConfig) -> web.Application:
     app[SIM_STATE] = SimState(config)
     app.router.add_post("/v1/chat/completions", _chat_completions)
     app.router.add_get("/v1/models", _models)
+    app.router.add_post("/v1/moderations", _moderations)
     app.router.add_get("/health", _health)
     app.router.add_get("/sim/stats", _stats)
     app.router.add_post("/sim/reset", _reset)
