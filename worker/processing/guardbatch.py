@@ -21,6 +21,7 @@ from opentelemetry.trace import Link, SpanContext
 
 from worker.core.errors import GuardError
 from worker.core.guard_types import GuardRequest, GuardVerdict
+from worker.processing.limiter import SlotRefused
 
 Answer = GuardVerdict | GuardError
 Send = Callable[[list[GuardRequest], list[Link]], Awaitable[list[Answer]]]
@@ -82,13 +83,13 @@ class GuardBatcher:
                 self._forming = asyncio.create_task(self._form()) if self._waiting else None
                 if batch:
                     await self._deliver(batch)
-        except BaseException as exc:  # no slot (a drain), or cancelled: nobody waiting may hang
+        except BaseException as exc:  # no slot (SlotRefused: a drain), or cancelled: nobody may hang
             if self._forming is asyncio.current_task():
                 self._forming = None
             waiting, self._waiting = self._waiting, []
             for item in waiting:
                 _settle(item, exc)
-            if not isinstance(exc, Exception):
+            if type(exc) is asyncio.CancelledError or not isinstance(exc, Exception | SlotRefused):
                 raise
 
     async def _deliver(self, batch: list[_Waiting]) -> None:
@@ -114,7 +115,7 @@ def _settle(item: _Waiting, error: BaseException) -> None:
     """Fail ``item`` with its own copy of ``error`` (each caller raises and annotates its own)."""
     if item.answer.done():
         return
-    if isinstance(error, asyncio.CancelledError):
+    if type(error) is asyncio.CancelledError:  # not SlotRefused, a cancellation the caller must raise
         item.answer.cancel()
     else:
         item.answer.set_exception(copy.copy(error))

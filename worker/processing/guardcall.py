@@ -9,6 +9,7 @@ it again; the chunk verdicts fold into one. Attempts are counted exactly, over e
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -180,9 +181,10 @@ class GuardCaller:
                 return await self._request(functools.partial(self._guard.moderate, request), texts=1)
 
     async def _send_batch(self, requests: list[GuardRequest], links: list[Link]) -> list[BatchAnswer]:
-        """One batch request (the batcher holds its slot), in a span of its own linked to each message's."""
+        """One batch request (the batcher holds its slot), in a span of its own linked to each message's.
+        A batch the guard refuses as a whole for what it holds (a 400, a reply it could not match to its
+        inputs) is sent again one text per request, so one bad text costs the others nothing."""
         assert isinstance(self._guard, BatchGuardBackend)
-        send = functools.partial(self._guard.moderate_batch, requests)
         with self._tracer.start_as_current_span(
             "guard moderate batch",
             context=Context(),  # its own trace: it serves many
@@ -190,11 +192,29 @@ class GuardCaller:
             links=links,
             attributes={"guardq.guard.model": self._guard.model, "guardq.batch.size": len(requests)},
         ):
-            answers = await self._request(send, texts=len(requests))
+            try:
+                answers = await self._batch_request(requests)
+            except GuardError as exc:
+                if len(requests) == 1 or exc.guard_down or exc.fatal:
+                    raise
+                log.info("a batch of %d was refused (%s); sending its texts one by one", len(requests), exc)
+                answers = list(await asyncio.gather(*(self._alone(request) for request in requests)))
         for answer in answers:
             if isinstance(answer, GuardError):  # this text's own entry was bad; the guard answered
                 self._metrics.guard_errors.labels(type(answer).__name__).inc()
         return answers
+
+    async def _batch_request(self, requests: list[GuardRequest]) -> list[BatchAnswer]:
+        assert isinstance(self._guard, BatchGuardBackend)
+        send = functools.partial(self._guard.moderate_batch, requests)
+        return await self._request(send, texts=len(requests))
+
+    async def _alone(self, request: GuardRequest) -> BatchAnswer:
+        try:
+            (answer,) = await self._batch_request([request])
+        except GuardError as exc:
+            return exc
+        return answer
 
     async def _request(self, send: Callable[[], Awaitable[_T]], *, texts: int) -> _T:
         """One guard request: counted, timed, and told to the breaker, the 429 throttle and the
