@@ -27,6 +27,7 @@ from worker.cli.args import (
     settings_from,
 )
 from worker.cli.dlq import add_dlq_commands
+from worker.cli.guard import add_guard_commands
 from worker.config.extras import MissingExtra
 from worker.config.settings import Settings, SettingsError, add_flags
 from worker.telemetry.tracing import TracingConfigError
@@ -237,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(topics, only=CONNECTION_FIELDS | {"topic_partitions", "topic_replication", "retry_schedule"})
 
     add_dlq_commands(sub)
+    add_guard_commands(sub)
 
     status = command(sub, "status", cmd_status, "a worker's state and the group's lag per partition")
     status.add_argument(

@@ -1,5 +1,5 @@
 """The backend a worker uses, chosen by GUARDQ_GUARD_BACKEND. Backends are imported when chosen, so the
-local classifier (an extra) is never imported by a worker that talks to a Qwen3Guard server."""
+local classifier (an extra) is never imported by a worker that talks to a guard server."""
 
 from __future__ import annotations
 
@@ -9,7 +9,31 @@ from worker.guard.base import GuardBackend
 
 def build_backend(settings: Settings) -> GuardBackend:
     """The backend named by GUARDQ_GUARD_BACKEND."""
-    if settings.guard_backend == "local":
+    return backend_for(
+        settings.guard_backend,
+        base_url=settings.guard_url,
+        model=settings.guard_model,
+        api_key=settings.guard_api_key,
+        timeout_s=settings.guard_timeout_s,
+        pool_size=settings.concurrency_cap,
+        tls_verify=settings.guard_tls_verify,
+        ca_file=settings.guard_ca_file,
+    )
+
+
+def backend_for(
+    name: str,
+    *,
+    base_url: str,
+    model: str,
+    api_key: str | None,
+    timeout_s: float,
+    pool_size: int,
+    tls_verify: bool = True,
+    ca_file: str | None = None,
+) -> GuardBackend:
+    """A backend by name (``worker.core.taxonomies.BACKENDS``) for one guard server."""
+    if name == "local":
         from worker.guard.local import LocalBackend
 
         return LocalBackend()
@@ -23,12 +47,12 @@ def build_backend(settings: Settings) -> GuardBackend:
         "llamaguard": LlamaGuardBackend,
         "openai-moderation": OpenAIModerationBackend,
     }
-    return backends[settings.guard_backend](
-        base_url=settings.guard_url,
-        model=settings.guard_model,
-        api_key=settings.guard_api_key,
-        timeout_s=settings.guard_timeout_s,
-        pool_size=settings.concurrency_cap,
-        tls_verify=settings.guard_tls_verify,
-        ca_file=settings.guard_ca_file,
+    return backends[name](
+        base_url=base_url,
+        model=model,
+        api_key=api_key,
+        timeout_s=timeout_s,
+        pool_size=pool_size,
+        tls_verify=tls_verify,
+        ca_file=ca_file,
     )
