@@ -38,7 +38,11 @@ case "$url" in
     *":{POD_PORT}/"*) [[ "${{STUB_POD_DOWN:-0}}" == 1 ]] && exit 7 ;;
     *":{SVC_PORT}/"*) [[ "$(cat "$STUB_STATE")" == "${{STUB_SVC_DOWN:-none}}" ]] && exit 7 ;;
 esac
-echo '{{"object":"list","data":[{{"id":"Qwen/Qwen3Guard-Gen-8B","object":"model"}}]}}'
+echo "{{\\"object\\":\\"list\\",\\"data\\":[{{\\"id\\":\\"${{STUB_CURL_MODEL:-Qwen/Qwen3Guard-Gen-8B}}\\",\\"object\\":\\"model\\"}}]}}"
+"""
+STUB_GUARDQ = """#!/usr/bin/env bash
+printf 'guardq %s\\n' "$*" >> "$STUB_LOG"
+exit "${STUB_COMPARE_RC:-0}"
 """
 
 
@@ -46,7 +50,7 @@ def _switch(tmp_path: Path, *args: str, **stub_env: str) -> tuple[subprocess.Com
     """Run the script with the Service on blue; returns the result, the stub log and the final colour."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    for name, text in (("kubectl", STUB_KUBECTL), ("curl", STUB_CURL)):
+    for name, text in (("kubectl", STUB_KUBECTL), ("curl", STUB_CURL), ("guardq", STUB_GUARDQ)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     state, log = tmp_path / "colour", tmp_path / "calls.log"
@@ -62,7 +66,9 @@ def _switch(tmp_path: Path, *args: str, **stub_env: str) -> tuple[subprocess.Com
         "GUARD_SWITCH_LOCAL_PORT": str(POD_PORT),
         **stub_env,
     }
-    env.pop("GUARD_API_KEY", None)
+    for name in ("GUARD_API_KEY", "GUARDQ", "GUARD_SWITCH_BACKEND", "GUARDQ_GUARD_BACKEND"):
+        if name not in stub_env:
+            env.pop(name, None)
     result = subprocess.run(["bash", str(SWITCH), *args], capture_output=True, text=True, env=env, timeout=20)
     return result, log.read_text(), state.read_text()
 
@@ -124,3 +130,50 @@ def test_guard_switch_to_the_live_colour_does_nothing(tmp_path: Path) -> None:
     result, log, colour = _switch(tmp_path, "blue")
     assert result.returncode == 0 and "already selects blue" in result.stderr
     assert _patches(log) == [] and "rollout status" not in log and colour == "blue"
+
+
+def _compares(log: str) -> list[str]:
+    return [line for line in log.splitlines() if line.startswith("guardq guard compare")]
+
+
+def test_guard_switch_compares_the_target_with_the_live_colour_before_patching(tmp_path: Path) -> None:
+    result, log, colour = _switch(tmp_path, "green")
+    assert result.returncode == 0, result.stderr
+    [compare] = _compares(log)
+    assert f"--a http://127.0.0.1:{POD_PORT + 2}/v1 --b http://127.0.0.1:{POD_PORT + 3}/v1" in compare
+    assert "--a-model Qwen/Qwen3Guard-Gen-8B --b-model Qwen/Qwen3Guard-Gen-8B" in compare
+    assert "--min-agreement 0.98 --max-p99-ratio 1.5" in compare
+    assert "port-forward deployment/guard-blue" in log and "port-forward deployment/guard-green" in log
+    assert log.index("guardq guard compare") < log.index("patch service")
+    assert colour == "green"
+
+
+def test_guard_switch_refuses_a_target_that_answers_differently(tmp_path: Path) -> None:
+    result, log, colour = _switch(tmp_path, "green", STUB_COMPARE_RC="1")
+    assert result.returncode == 1
+    assert "does not answer like guard-blue" in result.stderr and "not switching" in result.stderr
+    assert _patches(log) == [] and colour == "blue"
+
+
+def test_guard_switch_skip_compare_is_logged_and_switches(tmp_path: Path) -> None:
+    result, log, colour = _switch(tmp_path, "--skip-compare", "green", STUB_COMPARE_RC="1")
+    assert result.returncode == 0, result.stderr
+    assert "--skip-compare" in result.stderr and _compares(log) == []
+    assert _patches(log) == ["green"] and colour == "green"
+
+
+def test_guard_switch_passes_the_thresholds_and_backend_on(tmp_path: Path) -> None:
+    result, log, colour = _switch(
+        tmp_path,
+        "--model",
+        "meta-llama/Llama-Guard-4-12B",
+        "green",
+        GUARD_SWITCH_MIN_AGREEMENT="0.95",
+        GUARD_SWITCH_MAX_P99_RATIO="2",
+        GUARD_SWITCH_BACKEND="llamaguard",
+        STUB_CURL_MODEL="meta-llama/Llama-Guard-4-12B",
+    )
+    assert result.returncode == 0 and colour == "green", result.stderr
+    [compare] = _compares(log)
+    assert "--a-backend llamaguard --b-backend llamaguard" in compare
+    assert "--min-agreement 0.95 --max-p99-ratio 2" in compare

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Switch the `guard` Service between the blue and the green guard Deployment, safely.
 #
-#   deploy/k8s/guard-switch.sh [--namespace NS] [--dry-run] blue|green
+#   deploy/k8s/guard-switch.sh [--namespace NS] [--dry-run] [--skip-compare] blue|green
 #
 # 1. Health-checks the target colour: `kubectl rollout status` of guard-<colour>, at least one Ready
 #    pod, and GET /v1/models through `kubectl port-forward deployment/guard-<colour>` lists the model.
-#    A failing check changes nothing (exit 1).
+#    Then compares it with the live colour: `guardq guard compare` sends guardq's golden set to both
+#    (through port-forwards to each Deployment) and must pass (label agreement and p99 ratio within
+#    GUARD_SWITCH_MIN_AGREEMENT, default 0.98, and GUARD_SWITCH_MAX_P99_RATIO, default 1.5).
+#    --skip-compare skips the comparison (logged). A failing check changes nothing (exit 1).
 # 2. Patches the Service selector (color: <target>) with `kubectl patch`. --dry-run stops before this
 #    step and prints the patch instead; the read-only checks of step 1 still run.
 # 3. Verifies through the Service: the selector reads back, every EndpointSlice endpoint is a
@@ -18,7 +21,10 @@
 # Environment: GUARD_API_KEY (bearer token for /v1, when the guard requires one; sent through curl's
 # stdin, never on a command line), GUARD_SWITCH_ATTEMPTS (default 10) and GUARD_SWITCH_INTERVAL_S
 # (default 3): how often and how far apart each HTTP check is tried, GUARD_SWITCH_ROLLOUT_TIMEOUT
-# (default 300s), GUARD_SWITCH_LOCAL_PORT (default 18000; the Service check uses the next port).
+# (default 300s), GUARD_SWITCH_LOCAL_PORT (default 18000; the Service check uses the next port, the
+# comparison the two after it), GUARDQ (the guardq command, default `guardq`), GUARD_SWITCH_BACKEND
+# (the guards' guardq backend, default GUARDQ_GUARD_BACKEND or qwen3guard). The comparison reads the
+# API key from GUARDQ_GUARD_API_KEY (or GUARD_API_KEY).
 #
 # Exit codes: 0 switched (or already on the target, or a dry run whose checks passed), 1 not
 # switched or rolled back, 2 usage error.
@@ -28,15 +34,17 @@ SERVICE=guard
 MODEL=Qwen/Qwen3Guard-Gen-8B
 NAMESPACE=""
 DRY_RUN=0
+SKIP_COMPARE=0
 TARGET=""
 ATTEMPTS=${GUARD_SWITCH_ATTEMPTS:-10}
 INTERVAL_S=${GUARD_SWITCH_INTERVAL_S:-3}
 ROLLOUT_TIMEOUT=${GUARD_SWITCH_ROLLOUT_TIMEOUT:-300s}
 LOCAL_PORT=${GUARD_SWITCH_LOCAL_PORT:-18000}
 PF_PID=""
+PF_PIDS=()
 
 usage() {
-    echo "usage: $0 [--namespace NS] [--service NAME] [--model NAME] [--dry-run] blue|green" >&2
+    echo "usage: $0 [--namespace NS] [--service NAME] [--model NAME] [--dry-run] [--skip-compare] blue|green" >&2
     exit 2
 }
 
@@ -51,11 +59,15 @@ kc() {
 }
 
 stop_port_forward() {
-    if [[ -n "$PF_PID" ]]; then
-        kill "$PF_PID" 2>/dev/null || true
-        wait "$PF_PID" 2>/dev/null || true
-        PF_PID=""
-    fi
+    local pid
+    for pid in "$PF_PID" "${PF_PIDS[@]}"; do
+        if [[ -n "$pid" ]]; then
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
+    PF_PID=""
+    PF_PIDS=()
 }
 trap stop_port_forward EXIT
 
@@ -107,6 +119,29 @@ check_colour() {
     check_models_through "deployment/guard-${colour}" "$LOCAL_PORT"
 }
 
+# `guardq guard compare`: the live colour as A, the target as B, each through its own port-forward.
+compare_colours() {
+    local live=$1 target=$2 a_port=$((LOCAL_PORT + 2)) b_port=$((LOCAL_PORT + 3)) rc backend
+    backend=${GUARD_SWITCH_BACKEND:-${GUARDQ_GUARD_BACKEND:-qwen3guard}}
+    kubectl "${NS_ARGS[@]}" port-forward "deployment/guard-${live}" "${a_port}:8000" >/dev/null 2>&1 &
+    PF_PIDS+=("$!")
+    kubectl "${NS_ARGS[@]}" port-forward "deployment/guard-${target}" "${b_port}:8000" >/dev/null 2>&1 &
+    PF_PIDS+=("$!")
+    log "comparing guard-${target} (B) with guard-${live} (A) on guardq's golden set"
+    rc=0
+    GUARDQ_GUARD_API_KEY=${GUARDQ_GUARD_API_KEY:-${GUARD_API_KEY:-}} "${GUARDQ:-guardq}" guard compare \
+        --a "http://127.0.0.1:${a_port}/v1" --b "http://127.0.0.1:${b_port}/v1" \
+        --a-backend "$backend" --b-backend "$backend" --a-model "$MODEL" --b-model "$MODEL" \
+        --min-agreement "${GUARD_SWITCH_MIN_AGREEMENT:-0.98}" \
+        --max-p99-ratio "${GUARD_SWITCH_MAX_P99_RATIO:-1.5}" >&2 || rc=$?
+    stop_port_forward
+    if [[ "$rc" -ne 0 ]]; then
+        log "guard-${target} does not answer like guard-${live} (guardq guard compare exit ${rc})"
+        return 1
+    fi
+    log "guard-${target} answers like guard-${live}"
+}
+
 # Every endpoint behind the Service belongs to the colour (endpoint updates lag the patch a little).
 endpoints_are() {
     local colour=$1 names name attempt
@@ -152,6 +187,7 @@ parse_args() {
             --service) SERVICE=${2:?}; shift 2 ;;
             --model) MODEL=${2:?}; shift 2 ;;
             --dry-run) DRY_RUN=1; shift ;;
+            --skip-compare) SKIP_COMPARE=1; shift ;;
             -h | --help) usage ;;
             blue | green) TARGET=$1; shift ;;
             *) log "unknown argument: $1"; usage ;;
@@ -178,6 +214,12 @@ main() {
     log "checking guard-${TARGET} before switching from ${current}"
     if ! check_colour "$TARGET"; then
         log "guard-${TARGET} is not healthy: not switching (service ${SERVICE} stays on ${current})"
+        exit 1
+    fi
+    if [[ "$SKIP_COMPARE" -eq 1 ]]; then
+        log "WARNING: --skip-compare: guard-${TARGET} was not compared with guard-${current}"
+    elif ! compare_colours "$current" "$TARGET"; then
+        log "not switching (service ${SERVICE} stays on ${current}); --skip-compare overrides"
         exit 1
     fi
     if [[ "$DRY_RUN" -eq 1 ]]; then

@@ -199,7 +199,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_guard_sim(args: argparse.Namespace) -> int:
-    """Serve the simulated Qwen3Guard server."""
+    """Serve the simulated guard server (every backend's wire format)."""
     from worker.dev.sim.server import run_from_args
 
     return run_from_args(args)
@@ -259,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--guard-model", default="Qwen/Qwen3Guard-Gen-8B", help="model name with --guard-url")
     demo.add_argument("--redis-url", default=os.environ.get("GUARDQ_REDIS_URL", "redis://127.0.0.1:6379/0"))
 
-    sim = command(sub, "guard-sim", cmd_guard_sim, "serve a simulated Qwen3Guard (vLLM wire format)")
+    sim = command(
+        sub, "guard-sim", cmd_guard_sim, "serve a simulated guard: Qwen3Guard, Llama Guard, /v1/moderations"
+    )
     configure_sim(sim)
     return parser
 
