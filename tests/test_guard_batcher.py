@@ -21,10 +21,12 @@ class Guard:
         self.batches: list[list[str]] = []
         self.delay_s = delay_s
         self.fail_whole: GuardError | None = None
+        self.sent = asyncio.Event()  # set by the first batch
 
     async def send(self, requests: list[GuardRequest], links: list[Link]) -> list[Answer]:
         assert len(links) == len(requests)
         self.batches.append([request.text for request in requests])
+        self.sent.set()
         await asyncio.sleep(self.delay_s)
         if self.fail_whole is not None:
             raise self.fail_whole
@@ -67,23 +69,17 @@ async def test_a_partial_batch_goes_after_the_wait() -> None:
 
 
 async def test_while_the_guard_is_busy_batches_fill_up_and_the_cap_counts_requests() -> None:
-    guard = Guard(delay_s=0.05)
+    guard = Guard(delay_s=0.2)
     limiter = ConcurrencyLimiter(1)
     batcher = _batcher(guard, limiter, max_size=10, wait_s=0)
-
-    async def trickle() -> list[GuardVerdict]:
-        tasks = []
-        for i in range(40):
-            tasks.append(asyncio.create_task(_submit(batcher, f"t{i}")))
-            await asyncio.sleep(0.005)
-        return list(await asyncio.gather(*tasks))
-
     async with asyncio.timeout(5):
-        verdicts = await trickle()
-    assert len(verdicts) == 40
-    assert sorted(text for batch in guard.batches for text in batch) == sorted(f"t{i}" for i in range(40))
-    assert len(guard.batches) < 15  # one slot: later batches gathered while the first was served
-    assert max(len(batch) for batch in guard.batches) == 10
+        first = asyncio.create_task(_submit(batcher, "first"))
+        await guard.sent.wait()  # the first text holds the only slot for 0.2 s
+        verdicts = await asyncio.gather(*(_submit(batcher, f"t{i}") for i in range(39)))
+        await first
+    assert len(verdicts) == 39
+    assert [len(batch) for batch in guard.batches] == [1, 10, 10, 10, 9]
+    assert [text for batch in guard.batches[1:] for text in batch] == [f"t{i}" for i in range(39)]
     assert limiter.peak == 1
 
 

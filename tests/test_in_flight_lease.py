@@ -45,7 +45,7 @@ async def test_verdict_stored_by_the_lease_holder_is_republished_without_a_guard
     settings = make_settings()
     client = aioredis.Redis.from_url(settings.redis_url)
     verdict = (
-        '{"id":"held","label":"safe","categories":[],"refusal":null,"model":"other-worker",'
+        '{"id":"held","label":"safe","action":"allow","categories":[],"refusal":null,"model":"other-worker",'
         '"trace_id":"0af7651916cd43dd8448eb211c80319c","attempts":1,"latency_ms":5.0,'
         '"processed_at":"2026-11-23T12:00:00.000Z","metadata":{}}'
     )
