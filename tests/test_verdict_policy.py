@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -114,3 +117,13 @@ def test_a_stored_action_is_never_changed_by_a_later_policy() -> None:
     stored = json.dumps({"id": "a", "label": "unsafe", "action": "block", "categories": ["PII"]}).encode()
     document, _ = stored_for_publish(stored, _policy(policy_categories="PII=allow"))
     assert document == stored
+
+
+def test_guardq_run_with_a_category_the_backend_lacks_exits_2_in_one_line() -> None:
+    env = {**os.environ, "GUARDQ_GUARD_BACKEND": "llamaguard", "GUARDQ_POLICY_CATEGORIES": "PII=review"}
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "run"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "'PII', not a category of" in result.stderr
+    assert "Privacy" in result.stderr  # the categories it does have are listed
