@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import NoReturn
 
 from worker.config.settings import SPECS, Settings, overrides_from
+from worker.config.values import _http_url
 from worker.core.times import parse_rfc3339
 
 CONNECTION_FIELDS = {
@@ -92,3 +93,36 @@ def non_negative_int(raw: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
     return value
+
+
+def share(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number between 0 and 1") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number between 0 and 1")
+    return value
+
+
+def positive_number(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a positive number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a positive number")
+    return value
+
+
+def http_url(raw: str) -> str:
+    try:
+        return _http_url(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{raw!r}: {exc}") from None
+
+
+def positive_int(raw: str) -> int:
+    if not (raw.isascii() and raw.isdigit() and int(raw) > 0):
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a positive whole number")
+    return int(raw)

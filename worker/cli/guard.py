@@ -9,43 +9,10 @@ import os
 import sys
 from pathlib import Path
 
-from worker.cli.args import OneLineParser, UsageError, command
+from worker.cli.args import OneLineParser, UsageError, command, http_url, positive_int, positive_number, share
 from worker.config.settings import Settings
-from worker.config.values import _backend, _http_url
+from worker.config.values import _backend
 from worker.core.taxonomies import BACKENDS, DEFAULT_MODELS
-
-
-def _share(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a number between 0 and 1") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a number between 0 and 1")
-    return value
-
-
-def _ratio(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a positive number") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a positive number")
-    return value
-
-
-def _url(raw: str) -> str:
-    try:
-        return _http_url(raw)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{raw!r}: {exc}") from None
-
-
-def _positive(raw: str) -> int:
-    if not (raw.isascii() and raw.isdigit() and int(raw) > 0):
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a positive whole number")
-    return int(raw)
 
 
 def cmd_guard_compare(args: argparse.Namespace) -> int:
@@ -101,11 +68,11 @@ def add_guard_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     compare.add_argument(
         "--a",
         required=True,
-        type=_url,
+        type=http_url,
         metavar="URL",
         help="guard A (the live one), e.g. http://host:8000/v1",
     )
-    compare.add_argument("--b", required=True, type=_url, metavar="URL", help="guard B (the candidate)")
+    compare.add_argument("--b", required=True, type=http_url, metavar="URL", help="guard B (the candidate)")
     for side in ("a", "b"):
         compare.add_argument(
             f"--{side}-backend",
@@ -125,22 +92,22 @@ def add_guard_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     )
     compare.add_argument(
         "--min-agreement",
-        type=_share,
+        type=share,
         default=0.98,
         metavar="SHARE",
         help="least label agreement (default 0.98)",
     )
     compare.add_argument(
         "--max-p99-ratio",
-        type=_ratio,
+        type=positive_number,
         default=1.5,
         metavar="X",
         help="most B's p99 may exceed A's, as a factor (default 1.5)",
     )
     compare.add_argument(
-        "--concurrency", type=_positive, default=8, metavar="N", help="texts in flight (default 8)"
+        "--concurrency", type=positive_int, default=8, metavar="N", help="texts in flight (default 8)"
     )
     compare.add_argument(
-        "--timeout", type=_ratio, default=30.0, metavar="S", help="per-call timeout (default 30)"
+        "--timeout", type=positive_number, default=30.0, metavar="S", help="per-call timeout (default 30)"
     )
     compare.add_argument("--json", action="store_true", help="print JSON")

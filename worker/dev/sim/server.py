@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -111,14 +112,20 @@ def _parse_messages(raw: object) -> list[dict[str, str]]:
     return messages
 
 
-async def _parse_chat(request: web.Request, config: SimConfig) -> _Chat:
-    """Validate a chat completion request the way vLLM does: body first (400), then the model (404)."""
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 as vLLM gives it."""
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise _bad_request("The request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise _bad_request("The request body must be a JSON object")
+    return body
+
+
+async def _parse_chat(request: web.Request, config: SimConfig) -> _Chat:
+    """Validate a chat completion request the way vLLM does: body first (400), then the model (404)."""
+    body = await _json_object(request)
     messages = _parse_messages(body.get("messages"))
     # vLLM serves its (only) model when the request names none.
     model = body.get("model") or config.model
@@ -279,12 +286,7 @@ async def _serve_time(
 
 async def _parse_moderation(request: web.Request, config: SimConfig) -> list[str]:
     """The texts of a moderation request (``input``: a string, or a list of strings or text parts)."""
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise _bad_request("The request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise _bad_request("The request body must be a JSON object")
+    body = await _json_object(request)
     model = body.get("model") or config.moderation_model
     if model != config.moderation_model:
         raise _not_found(model if isinstance(model, str) else repr(model))
