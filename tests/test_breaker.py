@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
+
 from tests.helpers import wait_until
-from worker.processing.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from worker.config.settings import Settings, SettingsError
+from worker.processing.breaker import BreakerPolicy, BreakerState, CircuitBreaker, OutageFallback
 
 FAST = BreakerPolicy(cooldown_initial_s=0.01, cooldown_max_s=0.05, trial_calls=2, half_open_timeout_s=1.0)
 
@@ -29,7 +32,9 @@ def test_a_run_of_consecutive_failures_opens_it() -> None:
 
 
 def test_scattered_failures_that_retries_absorb_do_not_open_it() -> None:
-    breaker, rng = CircuitBreaker(FAST), random.Random(7)
+    # A policy that tolerates runs (GUARDQ_BREAKER_FAILURES=20): the 5 of the default open on p=0.3 noise.
+    tolerant = BreakerPolicy(consecutive_failures=20, window_s=10, min_calls=40)
+    breaker, rng = CircuitBreaker(tolerant), random.Random(7)
     for _ in range(5000):  # 30 % transient failures, as with resets and 503s mixed
         breaker.record(success=rng.random() >= 0.3)
     assert breaker.state is BreakerState.CLOSED
@@ -106,9 +111,9 @@ async def test_a_failed_trial_opens_it_again() -> None:
 
 async def test_trials_that_never_report_do_not_leave_it_half_open_forever() -> None:
     breaker = CircuitBreaker(BreakerPolicy(cooldown_initial_s=0.01, trial_calls=1, half_open_timeout_s=0.2))
-    for _ in range(breaker_threshold := 20):
+    for _ in range(BreakerPolicy().consecutive_failures):
         breaker.record(success=False)
-    assert breaker_threshold == BreakerPolicy().consecutive_failures
+    assert breaker.is_open
     calls = 0
 
     async def probe() -> None:
@@ -122,3 +127,103 @@ async def test_trials_that_never_report_do_not_leave_it_half_open_forever() -> N
 
     await wait_until(probed_twice, timeout_s=5, what="a second probe after the silent trial")
     prober.cancel()
+
+
+def test_settings_set_every_rule_of_the_breaker() -> None:
+    env = {
+        "GUARDQ_BREAKER_FAILURES": "7",
+        "GUARDQ_BREAKER_WINDOW_S": "30",
+        "GUARDQ_BREAKER_FAILURE_RATE": "0.25",
+        "GUARDQ_BREAKER_OPEN_S": "120",
+        "GUARDQ_OUTAGE_POLICY": "block",
+        "GUARDQ_OUTAGE_AFTER_S": "45",
+    }
+    policy = BreakerPolicy.from_settings(Settings.load(env))
+    assert (policy.consecutive_failures, policy.window_s, policy.min_calls, policy.failure_rate) == (
+        7,
+        30,
+        14,
+        0.25,
+    )
+    assert (policy.cooldown_initial_s, policy.cooldown_max_s, policy.fallback_after_s) == (0.5, 120, 45)
+    defaults = BreakerPolicy.from_settings(Settings.load({}))
+    assert (defaults.consecutive_failures, defaults.fallback_after_s) == (5, None)
+    short = BreakerPolicy.from_settings(Settings.load({"GUARDQ_BREAKER_OPEN_S": "0.5"}))
+    assert short.cooldown_initial_s == short.cooldown_max_s == 0.5
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"GUARDQ_BREAKER_OPEN_S": "0.4"}, "GUARDQ_BREAKER_OPEN_S"),
+        ({"GUARDQ_BREAKER_FAILURE_RATE": "0"}, "GUARDQ_BREAKER_FAILURE_RATE"),
+        ({"GUARDQ_BREAKER_FAILURE_RATE": "1.5"}, "GUARDQ_BREAKER_FAILURE_RATE"),
+        ({"GUARDQ_BREAKER_FAILURES": "0"}, "GUARDQ_BREAKER_FAILURES"),
+        ({"GUARDQ_GUARD_BACKOFF": "4s,1s"}, "GUARDQ_GUARD_BACKOFF"),
+        ({"GUARDQ_GUARD_BACKOFF": "1s"}, "GUARDQ_GUARD_BACKOFF"),
+        ({"GUARDQ_GUARD_CONNECT_TIMEOUT_S": "0"}, "GUARDQ_GUARD_CONNECT_TIMEOUT_S"),
+        ({"GUARDQ_OUTAGE_POLICY": "deny"}, "GUARDQ_OUTAGE_POLICY"),
+        ({"GUARDQ_OUTAGE_AFTER_S": "-1"}, "GUARDQ_OUTAGE_AFTER_S"),
+    ],
+)
+def test_a_bad_breaker_or_outage_setting_is_one_line_naming_it(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.load(env)
+    assert str(caught.value).startswith(named)
+
+
+def test_the_guard_backoff_is_read_in_seconds() -> None:
+    assert Settings.load({}).guard_backoff_s == (1.0, 4.0)
+    assert Settings.load({"GUARDQ_GUARD_BACKOFF": "250ms,2s"}).guard_backoff_s == (0.25, 2.0)
+
+
+FALLBACK = BreakerPolicy(cooldown_initial_s=0.01, cooldown_max_s=0.05, trial_calls=1, fallback_after_s=0.2)
+
+
+async def test_past_the_outage_deadline_waiting_callers_get_a_fallback_instead() -> None:
+    breaker, events = CircuitBreaker(FALLBACK), list[str]()
+    breaker.watch(lambda event, details: events.append(event))
+    for _ in range(FALLBACK.consecutive_failures):
+        breaker.record(success=False)
+    waiting = asyncio.create_task(breaker.admit())
+    await asyncio.sleep(0.1)
+    assert not waiting.done() and not breaker.in_fallback  # before the deadline: wait, as with `wait`
+    with pytest.raises(OutageFallback):
+        await asyncio.wait_for(waiting, 2)
+    assert breaker.in_fallback and events == ["open", "fallback"]
+    with pytest.raises(OutageFallback):  # later callers get it at once
+        await asyncio.wait_for(breaker.admit(), 0.05)
+    breaker.record(success=True)  # the first successful call ends the outage
+    assert not breaker.in_fallback and breaker.outage_s is None and events[-1] == "back"
+
+
+async def test_a_failed_trial_call_does_not_restart_the_outage_clock() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(FALLBACK, clock=clock)
+    for _ in range(FALLBACK.consecutive_failures):
+        breaker.record(success=False)
+    clock.now = 10.0
+    breaker._half_open()
+    breaker.record(success=False)  # the trial call failed: open again
+    assert breaker.is_open and breaker.outage_s == 10.0
+
+
+async def test_a_guard_down_at_start_up_is_an_outage_from_the_start() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(FALLBACK, clock=clock)
+    breaker.outage_began("guard not reachable at start-up")
+    clock.now = 5.0
+    for _ in range(FALLBACK.consecutive_failures):
+        breaker.record(success=False)
+    assert breaker.outage_s == 5.0
+    with pytest.raises(OutageFallback):
+        await asyncio.wait_for(breaker.admit(), 1)
+
+
+async def test_with_the_wait_policy_callers_wait_however_long_the_outage() -> None:
+    breaker = CircuitBreaker(FAST)
+    for _ in range(FAST.consecutive_failures):
+        breaker.record(success=False)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(breaker.admit(), 0.3)
+    assert not breaker.in_fallback

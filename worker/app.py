@@ -30,7 +30,7 @@ from worker.kafka.codecs import install_inflation_cap
 from worker.kafka.fetchloop import FetchLoop
 from worker.ops.health import Health, OpsServer
 from worker.processing.adaptive import AdaptiveLimit
-from worker.processing.breaker import CircuitBreaker
+from worker.processing.breaker import BreakerPolicy, CircuitBreaker
 from worker.processing.guardcall import GuardCaller
 from worker.processing.limiter import ConcurrencyLimiter
 from worker.processing.pipeline import Pipeline
@@ -41,6 +41,7 @@ from worker.store.verdicts import LeaseKeeper, RedisSecurity, VerdictStore, conn
 from worker.telemetry import tracing
 from worker.telemetry.metrics import Metrics
 
+NONE_HELD: frozenset[str] = frozenset()
 log = logging.getLogger(__name__)
 
 FETCH_STOP_S = 10.0
@@ -57,7 +58,7 @@ class Worker:
     provider: TracerProvider = field(init=False)
     limiter: ConcurrencyLimiter = field(init=False)
     adaptive: AdaptiveLimit | None = field(init=False)
-    breaker: CircuitBreaker = field(init=False, default_factory=CircuitBreaker)
+    breaker: CircuitBreaker = field(init=False)
     throttle: Throttle = field(init=False, default_factory=Throttle)
     metrics: Metrics = field(init=False, default_factory=Metrics)
     health: Health = field(init=False)
@@ -71,6 +72,7 @@ class Worker:
         self.backend = self.guard or build_backend(self.settings)
         self.provider = self.tracer_provider or tracing.build_provider()
         settings = self.settings
+        self.breaker = CircuitBreaker(BreakerPolicy.from_settings(settings))
         self.limiter = ConcurrencyLimiter(settings.concurrency or settings.concurrency_min)
         self.adaptive = (
             None
@@ -107,8 +109,9 @@ class Worker:
             tracer = tracing.get_tracer(self.provider)
             pipeline = self._pipeline(guard, store, leases, producer, tracer, schedule)
             loop = self._fetch_loop(consumer, pipeline, schedule)
-            # Retry topics are consumed beside the input topic; their partitions wait for their head's due time.
-            consumer.subscribe([settings.input_topic, *schedule.topics], listener=loop)
+            # Retry topics are consumed beside the input topic; their partitions wait for their head's due
+            # time. Parked messages (provisional verdicts given in an outage) wait for the guard.
+            consumer.subscribe([settings.input_topic, *schedule.topics, settings.parked_topic], listener=loop)
             await consumer.start()
             # The group is joined in the background (seconds, on some brokers): Redis, the guard and the
             # producer are checked and started meanwhile. Nothing is fetched until all three are.
@@ -159,13 +162,17 @@ class Worker:
         self, consumer: AIOKafkaConsumer, pipeline: Pipeline, schedule: RetrySchedule
     ) -> FetchLoop:
         settings = self.settings
+        parked = frozenset({settings.parked_topic})
         return FetchLoop(
             consumer,
             pipeline.handle,
             max_buffered=settings.max_buffered,
             max_buffered_bytes=settings.max_buffered_bytes,
             commit_interval_s=settings.commit_interval_s,
-            hold=lambda: self.breaker.is_open,
+            # An open circuit pauses consumption, unless a fallback gives provisional verdicts meanwhile;
+            # parked messages wait while it is open (half-open, they make the trial calls).
+            hold=lambda: self.breaker.is_open and not self.breaker.in_fallback,
+            held_topics=lambda: parked if self.breaker.is_open else NONE_HELD,
             due_in_s=schedule.due_in_s,
             salvage_max_bytes=kafka.MAX_PARTITION_FETCH_BYTES,
             inflate_cap_bytes=settings.max_inflate_bytes,
@@ -187,7 +194,10 @@ class Worker:
             breaker=self.breaker,
             throttle=self.throttle,
             retry=RetryPolicy(
-                max_attempts=settings.guard_attempts, max_total_s=settings.guard_retry_budget_s
+                max_attempts=settings.guard_attempts,
+                max_total_s=settings.guard_retry_budget_s,
+                initial_backoff_s=settings.guard_backoff_s[0],
+                max_backoff_s=settings.guard_backoff_s[1],
             ),
             tracer=tracer,
             store=store,
@@ -224,6 +234,7 @@ class Worker:
             if exc.fatal:
                 raise
             log.warning("guard not reachable at start-up (%s); starting anyway", exc)
+            self.breaker.outage_began(f"guard not reachable at start-up: {exc}")
 
     async def _serve(
         self, loop: FetchLoop, stop: asyncio.Event, helpers: dict[str, Coroutine[Any, Any, None]]

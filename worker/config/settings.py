@@ -18,8 +18,10 @@ from urllib.parse import urlparse
 from worker.config.values import (
     _action,
     _backend,
+    _backoff,
     _boolean,
     _bootstrap,
+    _breaker_open_s,
     _chunk_chars,
     _compression,
     _concurrency,
@@ -27,11 +29,14 @@ from worker.config.values import (
     _http_url,
     _non_negative_float,
     _optional_file,
+    _optional_http_url,
     _optional_text,
+    _outage_policy,
     _policy_categories,
     _port,
     _positive_float,
     _positive_int,
+    _rate,
     _redis_url,
     _replication,
     _retry_schedule,
@@ -39,6 +44,7 @@ from worker.config.values import (
     _security_protocol,
     _text,
     _topic,
+    parse_duration_s,
 )
 from worker.core.policy import Policy, overrides_map, parse_action
 from worker.core.taxonomies import CATEGORIES, DEFAULT_MODELS
@@ -108,6 +114,27 @@ class Settings:
     )
     guard_api_key: str | None = setting("", _optional_text, "bearer token (never logged)", secret=True)
     guard_timeout_s: float = setting("30", _positive_float, "per-call guard timeout")
+    guard_connect_timeout_s: float = setting(
+        "5", _positive_float, "guard connection timeout (a black-holed guard frees a slot after it)"
+    )
+    guard_backoff: tuple[str, ...] = setting("1s,4s", _backoff, "initial,max of the in-process guard backoff")
+    breaker_failures: int = setting("5", _positive_int, "consecutive guard failures that open the breaker")
+    breaker_window_s: float = setting("60", _positive_float, "window of the breaker's failure-rate rule")
+    breaker_failure_rate: float = setting(
+        "0.5", _rate, "failure share in the window that opens the breaker (with >= 2 x _FAILURES calls)"
+    )
+    breaker_open_s: float = setting(
+        "30", _breaker_open_s, "longest wait while open before a probe (probes start at 0.5 s and double)"
+    )
+    outage_policy: str = setting(
+        "wait", _outage_policy, "during a guard outage: wait, or give provisional block/allow/review verdicts"
+    )
+    outage_after_s: float = setting(
+        "60", _non_negative_float, "how long an outage lasts before provisional verdicts begin"
+    )
+    alert_webhook_url: str | None = setting(
+        "", _optional_http_url, "JSON POST on breaker open, fallback start, guard back", secret=True
+    )
     guard_batch_max: int = setting("32", _positive_int, "most inputs per request of a batching backend")
     guard_batch_wait_ms: float = setting(
         "5", _non_negative_float, "longest wait for a batching backend's request to fill"
@@ -263,6 +290,17 @@ class Settings:
             controversial=parse_action(self.policy_controversial),
             categories=overrides_map(self.policy_categories),
         )
+
+    @property
+    def guard_backoff_s(self) -> tuple[float, float]:
+        """GUARDQ_GUARD_BACKOFF in seconds: (initial, max)."""
+        initial, most = (parse_duration_s(step) for step in self.guard_backoff)
+        return initial, most
+
+    @property
+    def parked_topic(self) -> str:
+        """Where messages given a provisional verdict wait for the guard: ``<input>.parked``."""
+        return f"{self.input_topic}.parked"
 
     @property
     def guard_batch_wait_s(self) -> float:

@@ -205,3 +205,39 @@ def _compression(raw: str) -> str | None:
     if value not in COMPRESSIONS:
         raise ValueError(f"must be one of {', '.join(COMPRESSIONS)}")
     return None if value == "none" else value
+
+
+def _outage_policy(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in {"wait", "block", "allow", "review"}:
+        raise ValueError("must be wait, block, allow or review")
+    return value
+
+
+def _backoff(raw: str) -> tuple[str, ...]:
+    """``initial,max`` of the in-process guard backoff, as durations (``1s,4s``)."""
+    steps = tuple(step.strip() for step in raw.split(","))
+    if len(steps) != 2:
+        raise ValueError("must be initial,max, like 1s,4s")
+    initial, most = (parse_duration_s(step) for step in steps)
+    if initial > most:
+        raise ValueError("the initial backoff must not exceed the max")
+    return steps
+
+
+def _rate(raw: str) -> float:
+    value = float(_number(raw, float, "a number"))
+    if not 0 < value <= 1:
+        raise ValueError("must be a rate in (0, 1]")
+    return value
+
+
+def _breaker_open_s(raw: str) -> float:
+    value = float(_number(raw, float, "a number of seconds"))
+    if not 0.5 <= value < float("inf"):
+        raise ValueError("must be at least 0.5 (seconds)")
+    return value
+
+
+def _optional_http_url(raw: str) -> str | None:
+    return _http_url(raw) if raw.strip() else None

@@ -196,6 +196,15 @@ def check_headers(headers: Sequence[tuple[str, bytes | None]]) -> None:
         )
 
 
+def _document(value: object) -> bytes:
+    """Compact UTF-8 JSON of a verdict dataclass (orjson; the standard library only for what orjson
+    refuses: an integer past 64 bits in the producer's metadata)."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return json.dumps(asdict(value), ensure_ascii=False, separators=(",", ":")).encode("utf-8")  # type: ignore[call-overload]
+
+
 @dataclass(frozen=True)
 class Verdict:
     """The verdict document, stored in Redis and published on the verdict topic."""
@@ -213,14 +222,40 @@ class Verdict:
     metadata: dict[str, Any]
     content_sha256: str
     chunks: int = 1
+    provisional: bool = False
 
     def to_json(self) -> bytes:
-        """Compact UTF-8 JSON (orjson; the standard library only for what orjson refuses: an integer
-        past 64 bits in the producer's metadata)."""
-        try:
-            return orjson.dumps(self)
-        except orjson.JSONEncodeError:
-            return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        """Compact UTF-8 JSON."""
+        return _document(self)
+
+
+PROVISIONAL_REASON = "guard_unavailable"
+
+
+@dataclass(frozen=True)
+class ProvisionalVerdict:
+    """What a message gets at once during a guard outage under a fallback policy (GUARDQ_OUTAGE_POLICY):
+    no label, the policy's action. It never counts as moderated: the message is parked and its final
+    ``Verdict`` replaces this one once the guard is back."""
+
+    id: str
+    action: Action
+    model: str
+    trace_id: str
+    attempts: int
+    latency_ms: float
+    processed_at: str
+    metadata: dict[str, Any]
+    content_sha256: str
+    label: None = None
+    categories: list[str] = field(default_factory=list)
+    refusal: None = None
+    provisional: bool = True
+    reason: str = PROVISIONAL_REASON
+
+    def to_json(self) -> bytes:
+        """Compact UTF-8 JSON."""
+        return _document(self)
 
 
 def stored_for_publish(document: bytes, policy: Policy) -> tuple[bytes, str | None]:

@@ -20,7 +20,7 @@ from aiokafka.structs import ConsumerRecord
 from worker.config.settings import Settings
 from worker.config.values import parse_duration_s
 from worker.core.times import format_rfc3339
-from worker.failures.envelope import H_ATTEMPTS, carried_number, retry_due_epoch_s
+from worker.failures.envelope import H_ATTEMPTS, H_RETRY_HOP, carried_number, retry_due_epoch_s
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,24 @@ class RetrySchedule:
 
     topics: tuple[str, ...]
     delays_s: tuple[float, ...]
+    parked_topic: str | None = None  # messages given a provisional verdict in an outage wait here
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetrySchedule:
-        return cls(settings.retry_topics, tuple(parse_duration_s(step) for step in settings.retry_schedule))
+        return cls(
+            settings.retry_topics,
+            tuple(parse_duration_s(step) for step in settings.retry_schedule),
+            settings.parked_topic,
+        )
+
+    def is_parked(self, record: ConsumerRecord) -> bool:
+        """``record`` came from the parked topic (guardq wrote it: its headers are believed)."""
+        return self.parked_topic is not None and record.topic == self.parked_topic
+
+    def park(self, record: ConsumerRecord) -> Hop:
+        """Where a message given a provisional verdict goes: the parked topic, due at once, keeping the
+        retry steps it has taken."""
+        return Hop(self.hops_taken(record), str(self.parked_topic), 0.0, format_rfc3339(datetime.now(UTC)))
 
     @functools.cached_property
     def _steps(self) -> dict[str, int]:
@@ -53,13 +67,17 @@ class RetrySchedule:
 
     def hops_taken(self, record: ConsumerRecord) -> int:
         """How many retry steps ``record`` has taken: 0 on the input topic, k on the k-th retry topic.
-        Read from the topic it came from, never from headers a producer could set."""
+        Read from the topic it came from, never from headers a producer could set (a parked record's
+        headers are guardq's own)."""
+        if self.is_parked(record):
+            return carried_number(list(record.headers or ()), H_RETRY_HOP)
         step = self._step_of(record.topic)
         return 0 if step is None else step + 1
 
     def carried_attempts(self, record: ConsumerRecord) -> int:
-        """Guard calls already made for ``record`` on earlier hops (only retry-topic records carry them)."""
-        if self._step_of(record.topic) is None:
+        """Guard calls already made for ``record`` on earlier hops (only retry-topic and parked records
+        carry them)."""
+        if self._step_of(record.topic) is None and not self.is_parked(record):
             return 0
         return carried_number(list(record.headers or ()), H_ATTEMPTS)
 

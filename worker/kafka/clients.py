@@ -95,7 +95,13 @@ def make_consumer(settings: Settings, *, group_id: str | None, **overrides: Any)
 
 def worker_topics(settings: Settings) -> list[str]:
     """Every topic guardq reads or writes."""
-    return [settings.input_topic, settings.verdict_topic, settings.dlq_topic, *settings.retry_topics]
+    return [
+        settings.input_topic,
+        settings.verdict_topic,
+        settings.dlq_topic,
+        *settings.retry_topics,
+        settings.parked_topic,
+    ]
 
 
 async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[str]:

@@ -52,6 +52,7 @@ class _Partition:
     committed: int | None = None
     due_at: float | None = None  # loop time at which a held-back retry partition's head record is due
     held_offset: int | None = None  # the record it was held back for: dispatched without asking again
+    topic_held: bool = False  # paused because its topic is held (parked messages while the guard is down)
 
 
 @dataclass
@@ -80,6 +81,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         max_buffered_bytes: int,
         commit_interval_s: float,
         hold: Callable[[], bool] | None = None,
+        held_topics: Callable[[], frozenset[str]] | None = None,
         due_in_s: Callable[[ConsumerRecord], float] | None = None,
         salvage_max_bytes: int = 1024 * 1024,
         inflate_cap_bytes: int = DEFAULT_INFLATE_CAP_BYTES,
@@ -90,6 +92,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         self._max_bytes = max_buffered_bytes
         self._commit_interval_s = commit_interval_s
         self._hold = hold or (lambda: False)
+        self._held_topics = held_topics or (lambda: frozenset())
         self._due_in_s = due_in_s or (lambda record: 0.0)
         self._parts: dict[TopicPartition, _Partition] = {}
         self._buffered = 0
@@ -151,6 +154,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         while not self._stopping.is_set():
             self._last_poll_at = asyncio.get_running_loop().time()
             self._apply_backpressure()
+            self._apply_topic_holds()
             room = max(1, self._max_buffered - self._buffered)
             try:
                 batches = await self._consumer.getmany(timeout_ms=100, max_records=room)
@@ -213,7 +217,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
             return False  # revoked (and maybe reassigned) meanwhile
         self._consumer.seek(tp, start)  # drops whatever the failed fetch had drained from ``tp``
         room = self._max_buffered - self._buffered
-        if self._paused or part.due_at is not None or room <= 0:
+        if self._paused or not self._flows_alone(part) or room <= 0:
             return False
         records = await read_partition(
             self._consumer, tp, start, max_bytes=self._salvage_max_bytes, inflate_cap=self._inflate_cap
@@ -271,7 +275,8 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         for tp in due:
             self._parts[tp].due_at = None
         if due and not self._paused:
-            self._consumer.resume(*[tp for tp in due if tp in self._consumer.assignment()])
+            assignment = self._consumer.assignment()
+            self._consumer.resume(*[tp for tp in due if tp in assignment and not self._parts[tp].topic_held])
 
     # -- dispatch ---------------------------------------------------------------------------------
 
@@ -344,7 +349,27 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
             self._consumer.pause(*self._assigned())
         elif under and self._paused:
             self._paused = False
-            self._consumer.resume(*[tp for tp in self._assigned() if self._parts[tp].due_at is None])
+            self._consumer.resume(*[tp for tp in self._assigned() if self._flows_alone(self._parts[tp])])
+
+    @staticmethod
+    def _flows_alone(part: _Partition) -> bool:
+        """Nothing of its own holds this partition back (a due time, a held topic)."""
+        return part.due_at is None and not part.topic_held
+
+    def _apply_topic_holds(self) -> None:
+        """Pause the partitions of held topics; resume those whose topic is no longer held."""
+        held = self._held_topics()
+        assignment = self._consumer.assignment()
+        for tp, part in self._parts.items():
+            if (tp.topic in held) == part.topic_held:
+                continue
+            part.topic_held = not part.topic_held
+            if tp not in assignment:
+                continue
+            if part.topic_held:
+                self._consumer.pause(tp)
+            elif not self._paused and part.due_at is None:
+                self._consumer.resume(tp)
 
     def _assigned(self) -> list[TopicPartition]:
         """Our partitions the consumer really holds: pausing an unassigned partition raises."""
@@ -390,4 +415,5 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
             self._parts.setdefault(tp, _Partition())
         if self._paused and assigned:
             self._consumer.pause(*assigned)
+        self._apply_topic_holds()
         log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))

@@ -116,6 +116,8 @@ class Health:
             paused=loop.paused,
             consumed_by_topic=dict(loop.stats.fetched_by_topic),
             infra_retries=loop.stats.infra_retries,
+            outage_s=round(self.breaker.outage_s or 0.0, 1),
+            fallback=self.breaker.in_fallback,
         )
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
@@ -171,6 +173,7 @@ class Health:
             "guard": {"backend": self.settings.guard_backend, "model": self.settings.guard_model},
             "policy": self._policy(),
             "breaker": self.breaker.state.value,
+            "outage": self._outage(),
             "concurrency": self._concurrency(),
             "in_flight": state.in_flight if state else 0,
             "paused": state.paused if state else False,
@@ -182,6 +185,16 @@ class Health:
             "retry_hops": metrics.by_label(metrics.retry_hops),
             "guard_calls": metrics.total(metrics.guard_calls),
             "partitions": partitions,
+        }
+
+    def _outage(self) -> dict[str, Any]:
+        outage_s = self.breaker.outage_s
+        return {
+            "policy": self.settings.outage_policy,
+            "after_s": self.settings.outage_after_s,
+            "since_s": None if outage_s is None else round(outage_s, 1),
+            "fallback": self.breaker.in_fallback,
+            "reason": self.breaker.last_reason if outage_s is not None else None,
         }
 
     def _policy(self) -> dict[str, Any]:

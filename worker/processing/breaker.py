@@ -6,6 +6,12 @@ is open, nothing is sent: callers wait in ``admit`` (their attempts are not spen
 pauses. A prober owned by the worker calls the guard's models endpoint after a short cool-down that grows
 while the guard stays down; when the probe succeeds the breaker turns half-open and lets a few trial calls
 through, and closes when they succeed.
+
+An outage begins when the breaker first opens (or when the guard is down at start-up, ``outage_began``)
+and ends with the first successful call; failed trial calls do not restart its clock. With a fallback
+policy (GUARDQ_OUTAGE_POLICY other than ``wait``), a caller waiting in ``admit`` once the outage has
+lasted GUARDQ_OUTAGE_AFTER_S gets ``OutageFallback`` instead of waiting on: the pipeline gives its message
+a provisional verdict and parks it. ``watch`` tells a listener (the alert webhook) of each change.
 """
 
 from __future__ import annotations
@@ -18,6 +24,12 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from worker.core.errors import GuardError
+
+if TYPE_CHECKING:
+    from worker.config.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +49,40 @@ class BreakerState(enum.Enum):
 
 @dataclass(frozen=True)
 class BreakerPolicy:
-    """When the breaker opens and how it probes."""
+    """When the breaker opens, how it probes, and when a fallback begins."""
 
-    consecutive_failures: int = 20
-    window_s: float = 10.0
-    min_calls: int = 40
+    consecutive_failures: int = 5
+    window_s: float = 60.0
+    min_calls: int = 10
     failure_rate: float = 0.5
-    cooldown_initial_s: float = 0.25
-    cooldown_max_s: float = 1.5
+    cooldown_initial_s: float = 0.5
+    cooldown_max_s: float = 30.0
     trial_calls: int = 3
     half_open_timeout_s: float = 60.0
+    fallback_after_s: float | None = None  # None: wait out every outage (GUARDQ_OUTAGE_POLICY=wait)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BreakerPolicy:
+        """GUARDQ_BREAKER_*: the rate rule needs twice the consecutive-failure count of calls in its window;
+        probes start at 0.5 s (or GUARDQ_BREAKER_OPEN_S if shorter) and double up to GUARDQ_BREAKER_OPEN_S."""
+        return cls(
+            consecutive_failures=settings.breaker_failures,
+            window_s=settings.breaker_window_s,
+            min_calls=2 * settings.breaker_failures,
+            failure_rate=settings.breaker_failure_rate,
+            cooldown_initial_s=min(0.5, settings.breaker_open_s),
+            cooldown_max_s=settings.breaker_open_s,
+            fallback_after_s=None if settings.outage_policy == "wait" else settings.outage_after_s,
+        )
+
+
+class OutageFallback(GuardError):
+    """No guard call was made: the outage outlasted GUARDQ_OUTAGE_AFTER_S and a fallback policy is set."""
+
+    guard_down = True
+
+
+Listener = Callable[[str, dict[str, Any]], None]
 
 
 class CircuitBreaker:
@@ -64,11 +100,79 @@ class CircuitBreaker:
         self._trials_left = 0
         self._trial_successes = 0
         self._cooldown_s = self._policy.cooldown_initial_s
-        self._usable = asyncio.Event()
-        self._usable.set()
         self._opened = asyncio.Event()  # set while open: wakes the prober
         self._settled = asyncio.Event()  # cleared while half-open: set when trials open or close it
         self.opened_count = 0
+        self._outage_since: float | None = None  # monotonic clock
+        self._fallback = asyncio.Event()  # set while a fallback is under way
+        self._fallback_timer: asyncio.TimerHandle | None = None
+        self._changed = asyncio.Event()  # set (and replaced) on every change ``admit`` waits for
+        self._listeners: list[Listener] = []
+        self.last_reason = ""
+
+    def watch(self, listener: Listener) -> None:
+        """Call ``listener(event, details)`` on ``open``, ``fallback`` and ``back`` (the outage ended)."""
+        self._listeners.append(listener)
+
+    def _tell(self, event: str, **details: Any) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event, details)
+            except Exception:  # a listener's bug must not break the breaker
+                log.exception("breaker listener failed on %s", event)
+
+    @property
+    def outage_s(self) -> float | None:
+        """How long the current outage has lasted (None: no outage)."""
+        return None if self._outage_since is None else self._clock() - self._outage_since
+
+    @property
+    def in_fallback(self) -> bool:
+        """True while provisional verdicts are given (a fallback policy, and an outage past its deadline)."""
+        return self._fallback.is_set()
+
+    def outage_began(self, why: str) -> None:
+        """The guard is down at start-up: an outage from now (the breaker opens on the first failures)."""
+        if self._outage_since is None:
+            self._outage_since = self._clock()
+            self.last_reason = why
+            self._arm_fallback()
+
+    def _arm_fallback(self) -> None:
+        after = self._policy.fallback_after_s
+        if after is None or self._fallback_timer is not None or self._fallback.is_set():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        remaining = max(0.0, after - (self.outage_s or 0.0))
+        self._fallback_timer = loop.call_later(remaining, self._begin_fallback)
+
+    def _begin_fallback(self) -> None:
+        self._fallback_timer = None
+        if self._outage_since is None or (self._state is BreakerState.CLOSED and self._consecutive == 0):
+            return
+        self._fallback.set()
+        self._pulse()
+        log.warning(
+            "guard outage for %.0f s: giving provisional verdicts and parking messages until it is back",
+            self.outage_s or 0.0,
+        )
+        self._tell("fallback", since_s=round(self.outage_s or 0.0, 1), reason=self.last_reason)
+
+    def _outage_over(self) -> None:
+        if self._outage_since is None:
+            return
+        lasted = self.outage_s or 0.0
+        self._outage_since = None
+        if self._fallback_timer is not None:
+            self._fallback_timer.cancel()
+            self._fallback_timer = None
+        was_fallback = self._fallback.is_set()
+        self._fallback.clear()
+        log.info("guard is back after an outage of %.1f s", lasted)
+        self._tell("back", outage_s=round(lasted, 1), fallback=was_fallback)
 
     @property
     def state(self) -> BreakerState:
@@ -79,20 +183,28 @@ class CircuitBreaker:
         return self._state is BreakerState.OPEN
 
     async def admit(self) -> None:
-        """Wait until a call may be sent: closed, or a half-open trial slot is free."""
+        """Wait until a call may be sent: closed, or a half-open trial slot is free. While open in a
+        fallback (see the module docstring), raise ``OutageFallback`` instead of waiting."""
         while True:
-            await self._usable.wait()
             if self._state is BreakerState.CLOSED:
                 return
             if self._state is BreakerState.HALF_OPEN and self._trials_left > 0:
                 self._trials_left -= 1
-                if self._trials_left == 0:
-                    self._usable.clear()
                 return
+            if self._state is BreakerState.OPEN and self._fallback.is_set():
+                raise OutageFallback("the guard is down and the outage outlasted GUARDQ_OUTAGE_AFTER_S")
+            await self._changed.wait()  # a state change, or the fallback beginning
+
+    def _pulse(self) -> None:
+        """Wake everyone waiting in ``admit`` to look again."""
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def record(self, *, success: bool) -> None:
         """Count the outcome of one call (a transient failure, or a success)."""
         now = self._clock()
+        if success:
+            self._outage_over()
         self._window.append((now, success))
         self._window_failures += not success
         while self._window and self._window[0][0] < now - self._policy.window_s:
@@ -123,10 +235,15 @@ class CircuitBreaker:
         if self._state is not BreakerState.OPEN:
             self.opened_count += 1
             log.warning("guard circuit open (red): %s; pausing consumption until the guard answers", why)
+            self.last_reason = why
+            self._tell("open", reason=why)
+        if self._outage_since is None:  # a failed trial call does not restart the outage's clock
+            self._outage_since = self._clock()
+        self._arm_fallback()
         self._state = BreakerState.OPEN
-        self._usable.clear()
         self._opened.set()
         self._settled.set()
+        self._pulse()
 
     def _half_open(self) -> None:
         self._state = BreakerState.HALF_OPEN
@@ -134,7 +251,7 @@ class CircuitBreaker:
         self._trial_successes = 0
         self._opened.clear()
         self._settled.clear()
-        self._usable.set()
+        self._pulse()
         log.info("guard circuit half-open (yellow): %d trial call(s)", self._policy.trial_calls)
 
     def _close(self) -> None:
@@ -143,9 +260,9 @@ class CircuitBreaker:
         self._window.clear()
         self._window_failures = 0
         self._cooldown_s = self._policy.cooldown_initial_s
-        self._usable.set()
         self._opened.clear()
         self._settled.set()
+        self._pulse()
         log.info("guard circuit closed (green)")
 
     async def run_prober(self, probe: Callable[[], Awaitable[object]]) -> None:

@@ -26,7 +26,7 @@ from worker.core.guard_types import GuardRequest, GuardVerdict
 from worker.guard.base import BatchGuardBackend, GuardBackend
 from worker.processing import chunking
 from worker.processing.adaptive import AdaptiveLimit
-from worker.processing.breaker import CircuitBreaker
+from worker.processing.breaker import CircuitBreaker, OutageFallback
 from worker.processing.guardbatch import Answer as BatchAnswer
 from worker.processing.guardbatch import GuardBatcher
 from worker.processing.limiter import ConcurrencyLimiter
@@ -164,6 +164,8 @@ class GuardCaller:
                 return verdict, made + attempts
             except GuardCallFailed as failed:
                 made += failed.attempts
+                if isinstance(failed.error, OutageFallback):  # its last attempt made no call
+                    raise GuardCallFailed(failed.error, made - 1) from failed.error
                 if not (failed.exhausted and failed.error.guard_down and self._breaker.is_open):
                     raise GuardCallFailed(failed.error, made) from failed.error
 

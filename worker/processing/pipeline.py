@@ -45,16 +45,19 @@ from worker.core.errors import (
 )
 from worker.core.messages import (
     ModerationRequest,
+    ProvisionalVerdict,
     Verdict,
     check_headers,
     parse_request,
     stored_for_publish,
 )
+from worker.core.policy import Action, parse_action
 from worker.core.times import utc_now_rfc3339
 from worker.failures.envelope import force_token, replay_token
 from worker.failures.outbox import TOO_LARGE, Outbox
 from worker.failures.schedule import Hop, RetrySchedule
 from worker.kafka.batches import Undecodable
+from worker.processing.breaker import OutageFallback
 from worker.processing.guardcall import Answer, GuardCaller
 from worker.processing.retry import GuardCallFailed, until_available
 from worker.store.verdicts import ClaimState, Lease, LeaseKeeper, VerdictStore
@@ -74,6 +77,7 @@ class Outcome(enum.Enum):
     DUPLICATE = "duplicate"  # a verdict was already stored: re-published, no guard call
     DEAD_LETTERED = "dead_lettered"  # bad input or a guard failure: sent to the DLQ with a reason
     RETRY_SCHEDULED = "retry_scheduled"  # transient failures outlasted the retries: sent to a retry topic
+    PARKED = "parked"  # guard outage under a fallback policy: provisional verdict given, parked for later
 
 
 @dataclass
@@ -117,6 +121,9 @@ class Pipeline:
         self._schedule = schedule
         self._metrics = metrics
         self._policy = settings.policy
+        self._outage_action: Action = parse_action(
+            settings.outage_policy if settings.outage_policy != "wait" else "review"
+        )
         # Ids whose lease a delivery in this process holds: other deliveries of them wait on the event
         # instead of polling Redis.
         self._moderating: dict[str, asyncio.Event] = {}
@@ -185,6 +192,7 @@ class Pipeline:
             await self._publish(delivery, request.id, lease, built_by=None)
             return Outcome.DUPLICATE
         stored: bytes | None = None
+        built: Verdict | ProvisionalVerdict
         done = self._moderating[request.id] = asyncio.Event()
         try:
             with self._leases.holding(lease):
@@ -193,9 +201,12 @@ class Pipeline:
                     fresh = delivery.force is not None and delivery.hops == 0
                     answer = await self._caller.answer(request.id, request.guard_request(), fresh=fresh)
                 except GuardCallFailed as failed:
-                    return await self._on_guard_failure(delivery, failed)
-                verdict = self._verdict(delivery, request, answer)
-                document = verdict.to_json()
+                    if not isinstance(failed.error, OutageFallback):
+                        return await self._on_guard_failure(delivery, failed)
+                    built = self._provisional(delivery, request, attempts=delivery.carried + failed.attempts)
+                else:
+                    built = self._verdict(delivery, request, answer)
+                document = built.to_json()
                 stored = await self._store_verdict(lease, document, force_token=delivery.force)
         finally:
             if stored is None:  # no verdict stored: free the id for the next delivery at once
@@ -203,11 +214,54 @@ class Pipeline:
             if self._moderating.get(request.id) is done:
                 del self._moderating[request.id]
             done.set()
+        if isinstance(built, ProvisionalVerdict):
+            return await self._park(delivery, request.id, stored, built if stored is document else None)
         # Ours is published as built; one stored first by another worker is read for its trace id.
-        await self._publish(delivery, request.id, stored, built_by=verdict if stored is document else None)
-        self._metrics.verdicts.labels(answer.verdict.label, verdict.action).inc()
-        log.debug("verdict id=%s label=%s", request.id, answer.verdict.label)
+        await self._publish(delivery, request.id, stored, built_by=built if stored is document else None)
+        self._metrics.verdicts.labels(built.label, built.action).inc()
+        log.debug("verdict id=%s label=%s", request.id, built.label)
         return Outcome.MODERATED
+
+    def _provisional(
+        self, delivery: Delivery, request: ModerationRequest, *, attempts: int
+    ) -> ProvisionalVerdict:
+        return ProvisionalVerdict(
+            id=request.id,
+            action=self._outage_action,
+            model=self._settings.guard_model,
+            trace_id=tracing.trace_id_hex(delivery.span),
+            attempts=attempts,
+            latency_ms=round((time.monotonic() - delivery.started) * 1000, 3),
+            processed_at=utc_now_rfc3339(),
+            metadata=request.metadata,
+            content_sha256=request.content_sha256,
+        )
+
+    async def _park(
+        self, delivery: Delivery, message_id: str, stored: bytes, built: ProvisionalVerdict | None
+    ) -> Outcome:
+        """The guard is down past GUARDQ_OUTAGE_AFTER_S: publish the provisional verdict now and park the
+        record on the parked topic, where it waits for the guard (its offset here is then committed). A
+        final verdict stored meanwhile by another worker wins: it is published instead, nothing parked."""
+        if built is None:
+            await self._publish(delivery, message_id, stored, built_by=None)
+            return Outcome.DUPLICATE
+        if not self._schedule.is_parked(delivery.record):  # a parked one had its provisional verdict
+            await self._publish(delivery, message_id, stored, built_by=built)
+            self._metrics.provisional_verdicts.labels(built.action).inc()
+        hop = self._schedule.park(delivery.record)
+        error = OutageFallback("guard unavailable: parked with a provisional verdict")
+
+        async def send() -> None:
+            carried = await self._believed_headers(delivery)
+            await self._outbox.retry_later(
+                delivery.record, delivery.span, error, attempts=built.attempts, hop=hop, carried=carried
+            )
+
+        await until_available(send, what=f"parking {delivery.where} on {hop.topic}")
+        self._metrics.parked.inc()
+        delivery.span.set_attribute("guardq.parked", True)
+        return Outcome.PARKED
 
     async def _on_guard_failure(self, delivery: Delivery, failed: GuardCallFailed) -> Outcome:
         """Failed for good in process: fatal → raise; transient → the next retry topic while the schedule
@@ -316,7 +370,12 @@ class Pipeline:
         )
 
     async def _publish(
-        self, delivery: Delivery, message_id: str, document: bytes, *, built_by: Verdict | None
+        self,
+        delivery: Delivery,
+        message_id: str,
+        document: bytes,
+        *,
+        built_by: Verdict | ProvisionalVerdict | None,
     ) -> None:
         """Publish ``document`` with the trace id it names: known when we built it, read when it was
         stored (by an earlier delivery, or another worker); this delivery's own when it names none."""
@@ -354,7 +413,7 @@ class Pipeline:
         or a replay whose token Redis holds for this record's key); else none: a producer's own
         ``guardq.*`` headers never reach a dead letter's envelope."""
         headers = list(delivery.record.headers or ())
-        if delivery.hops > 0:
+        if delivery.hops > 0 or self._schedule.is_parked(delivery.record):
             return headers
         token = replay_token(headers)
         if token is not None and await self._store.replay_origin(token) == (delivery.record.key or b""):

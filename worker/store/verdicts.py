@@ -35,14 +35,17 @@ log = logging.getLogger(__name__)
 CHUNK_TTL_S = 86_400
 CONTENT_HASH_CHARS = 64  # SHA-256, hex
 
-# The content hash a stored verdict names (nil for a verdict stored before content binding).
+# The content hash a stored verdict names (nil for a verdict stored before content binding), and whether
+# it is provisional (given during a guard outage: it never counts as moderated, a final verdict replaces it).
 _CONTENT_OF = """
-local function content_of(verdict)
+local function facts_of(verdict)
   local ok, doc = pcall(cjson.decode, verdict)
-  if ok and type(doc) == 'table' and type(doc['content_sha256']) == 'string' then
-    return doc['content_sha256']
+  if ok and type(doc) == 'table' then
+    local content = nil
+    if type(doc['content_sha256']) == 'string' then content = doc['content_sha256'] end
+    return content, doc['provisional'] == true
   end
-  return nil
+  return nil, false
 end
 """
 
@@ -57,9 +60,9 @@ _CLAIM = (
 if ARGV[3] == '' or redis.call('GET', KEYS[3]) ~= ARGV[3] then
   local verdict = redis.call('GET', KEYS[1])
   if verdict then
-    local stored = content_of(verdict)
+    local stored, provisional = facts_of(verdict)
     if stored and stored ~= ARGV[4] then return {4, ''} end
-    return {1, verdict}
+    if not provisional then return {1, verdict} end
   end
 end
 if redis.call('SET', KEYS[2], ARGV[1] .. ':' .. ARGV[4], 'NX', 'PX', ARGV[2]) then return {2, ''} end
@@ -73,9 +76,10 @@ return {3, tostring(redis.call('PTTL', KEYS[2]))}
 )
 
 # Store the verdict and drop our lease together, so no reader sees neither (KEYS: verdict, lease, force;
-# ARGV: verdict, ttl s, lease value, force token, content hash). The first verdict wins: if another worker
-# took over a lease we lost and stored first, its verdict is returned instead (1), unless it judged other
-# content (4: a conflict). A forced replay whose token still stands at KEYS[3] overwrites whatever is
+# ARGV: verdict, ttl s, lease value, force token, content hash). The first final verdict wins: if another
+# worker took over a lease we lost and stored first, its verdict is returned instead (1), unless it judged
+# other content (4: a conflict). A provisional verdict stored is replaced by ours (final or provisional);
+# a final one is never replaced by a provisional one. A forced replay whose token still stands at KEYS[3] overwrites whatever is
 # stored, and uses the token up: a redelivery of the same record afterwards finds the new verdict like any
 # duplicate. Code 0: ours is stored.
 _SAVE = (
@@ -87,9 +91,9 @@ if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then
 else
   local existing = redis.call('GET', KEYS[1])
   if existing then
-    local stored = content_of(existing)
+    local stored, provisional = facts_of(existing)
     if stored and stored ~= ARGV[5] then return {4, ''} end
-    return {1, existing}
+    if not provisional then return {1, existing} end
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])

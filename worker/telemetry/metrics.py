@@ -52,6 +52,8 @@ class LiveState:
     infra_retries: int
     fetch_errors: int = 0
     noload_latency_s: float | None = None  # with GUARDQ_CONCURRENCY=auto, once measured
+    outage_s: float = 0.0  # how long the current guard outage has lasted (0: none)
+    fallback: bool = False  # provisional verdicts are being given
 
 
 class _LiveCollector(Collector):
@@ -80,6 +82,16 @@ class _LiveCollector(Collector):
         )
         yield _gauge(
             "guardq_fetch_paused", "1 while fetching is paused (backpressure or open breaker)", state.paused
+        )
+        yield _gauge(
+            "guardq_guard_outage_seconds",
+            "Time since the current guard outage began (0: no outage)",
+            state.outage_s,
+        )
+        yield _gauge(
+            "guardq_outage_fallback",
+            "1 while provisional verdicts are given (GUARDQ_OUTAGE_POLICY, outage past GUARDQ_OUTAGE_AFTER_S)",
+            state.fallback,
         )
         lag = GaugeMetricFamily(
             "guardq_consumer_lag",
@@ -136,6 +148,15 @@ class Metrics:
             registry=r,
         )
         self.retry_hops = Counter("guardq_retry_hops", "Records sent to a retry topic", ["topic"], registry=r)
+        self.provisional_verdicts = Counter(
+            "guardq_provisional_verdicts",
+            "Provisional verdicts given during a guard outage (GUARDQ_OUTAGE_POLICY), by action",
+            ["action"],
+            registry=r,
+        )
+        self.parked = Counter(
+            "guardq_parked", "Messages parked for moderation once the guard is back", registry=r
+        )
         self.guard_calls = Counter("guardq_guard_calls", "Guard calls made (HTTP requests)", registry=r)
         self.guard_texts = Counter(
             "guardq_guard_texts",
