@@ -30,6 +30,8 @@ from worker.kafka.reading import records
 from worker.schemas import schema
 from worker.store.keys import RedisKeys
 
+SIM_MODEL = "Qwen/Qwen3Guard-Gen-8B"
+
 
 @dataclass
 class GuardSim:
@@ -53,7 +55,7 @@ class GuardSim:
         """Clear stats and restore default knobs."""
         defaults = {"latency_ms": 0, "latency_dist": "fixed", "capacity": 256, "fail_503_rate": 0.0}
         defaults |= {"fail_429_rate": 0.0, "reset_rate": 0.0, "hang_rate": 0.0, "garbage_rate": 0.0}
-        defaults |= {"max_model_len": 32768, "flip_share": 0.0}
+        defaults |= {"max_model_len": 32768, "flip_share": 0.0, "loading": False, "model": SIM_MODEL}
         await self._call("POST", "/sim/config", defaults)
         await self._call("POST", "/sim/reset")
 

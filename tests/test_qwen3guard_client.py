@@ -18,6 +18,7 @@ from worker.core.errors import (
     GuardBadReply,
     GuardConfigError,
     GuardContextOverflow,
+    GuardModelMissing,
     GuardRejected,
     GuardTimeout,
     GuardUnavailable,
@@ -334,11 +335,20 @@ async def test_check_models_accepts_a_served_model(server: FakeVllm, guard: Qwen
     assert server.requests[0][0] == "/v1/models"
 
 
-async def test_check_models_rejects_a_model_that_is_not_served(server: FakeVllm) -> None:
+async def test_check_models_names_what_is_served_when_the_model_is_not(server: FakeVllm) -> None:
     async with make_backend(server.base_url) as backend:
         server.answer(web.json_response({"object": "list", "data": [{"id": "Qwen/Qwen3Guard-Gen-8B"}]}))
-        with pytest.raises(GuardConfigError, match="Qwen3Guard-Gen-8B"):
+        with pytest.raises(GuardModelMissing, match="Qwen3Guard-Gen-8B") as caught:
             await backend.check_models()
+        assert caught.value.served == ["Qwen/Qwen3Guard-Gen-8B"] and caught.value.guard_down
+
+
+async def test_an_empty_model_list_is_a_guard_not_ready_yet(server: FakeVllm) -> None:
+    async with make_backend(server.base_url) as backend:
+        server.answer(web.json_response({"object": "list", "data": []}))
+        with pytest.raises(GuardModelMissing, match="no model yet") as caught:
+            await backend.check_models()
+        assert caught.value.served == [] and not caught.value.fatal
 
 
 async def test_check_models_on_a_closed_port_is_unavailable() -> None:

@@ -20,7 +20,7 @@ from opentelemetry.trace import Tracer
 from redis.asyncio import Redis
 
 from worker.config.settings import Settings
-from worker.core.errors import GuardError
+from worker.core.errors import GuardConfigError, GuardError, GuardModelMissing
 from worker.failures.outbox import Outbox
 from worker.failures.schedule import RetrySchedule
 from worker.guard.base import GuardBackend
@@ -230,11 +230,20 @@ class Worker:
         await guard.start()
         try:
             await guard.check()
+        except GuardModelMissing as exc:
+            if exc.served:  # a guard that serves other models: this worker is pointed at the wrong one
+                raise GuardConfigError(str(exc), status=exc.status) from None
+            self._down_at_start(exc)
         except GuardError as exc:
             if exc.fatal:
                 raise
-            log.warning("guard not reachable at start-up (%s); starting anyway", exc)
-            self.breaker.outage_began(f"guard not reachable at start-up: {exc}")
+            self._down_at_start(exc)
+
+    def _down_at_start(self, error: GuardError) -> None:
+        """Start anyway, with the circuit open: readiness false and nothing consumed (or, with a fallback
+        policy, provisional verdicts once the outage is old enough) until a probe finds the guard."""
+        log.warning("guard not usable at start-up (%s); starting with the circuit open", error)
+        self.breaker.open_now(f"guard not usable at start-up: {error}")
 
     async def _serve(
         self, loop: FetchLoop, stop: asyncio.Event, helpers: dict[str, Coroutine[Any, Any, None]]

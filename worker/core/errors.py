@@ -70,6 +70,19 @@ class GuardUnavailable(GuardError):
     cause = "guard_unavailable"
 
 
+class GuardModelMissing(GuardUnavailable):
+    """The guard does not serve the model (yet): an empty model list, a list without it, or a 404 on a
+    call. A vLLM loading or reloading its model, or a gateway between deployments: the guard counts as
+    down (the breaker opens, consumption pauses) until the model is back. Only at start-up, a list that
+    names other models and not this one is a configuration error (exit 3). ``served``: what was listed."""
+
+    cause = "guard_model_missing"
+
+    def __init__(self, message: str, *, status: int | None = None, served: list[str] | None = None) -> None:
+        super().__init__(message, status=status)
+        self.served = served or []
+
+
 class GuardTimeout(GuardError):
     """The call exceeded the per-call timeout."""
 

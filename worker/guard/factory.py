@@ -18,6 +18,7 @@ def build_backend(settings: Settings) -> GuardBackend:
         pool_size=settings.concurrency_cap,
         tls_verify=settings.guard_tls_verify,
         ca_file=settings.guard_ca_file,
+        connect_timeout_s=settings.guard_connect_timeout_s,
     )
 
 
@@ -31,6 +32,7 @@ def backend_for(
     pool_size: int,
     tls_verify: bool = True,
     ca_file: str | None = None,
+    connect_timeout_s: float | None = None,
 ) -> GuardBackend:
     """A backend by name (``worker.core.taxonomies.BACKENDS``) for one guard server."""
     if name == "local":
@@ -55,4 +57,5 @@ def backend_for(
         pool_size=pool_size,
         tls_verify=tls_verify,
         ca_file=ca_file,
+        connect_timeout_s=connect_timeout_s,
     )

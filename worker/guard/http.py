@@ -18,7 +18,7 @@ import aiohttp
 import orjson
 from opentelemetry.propagate import inject
 
-from worker.core.errors import GuardConfigError, GuardError, GuardTimeout, GuardUnavailable
+from worker.core.errors import GuardConfigError, GuardError, GuardModelMissing, GuardTimeout, GuardUnavailable
 from worker.core.guard_types import GuardRequest, GuardVerdict
 from worker.guard.base import AsyncLifecycle
 from worker.guard.wire import (
@@ -109,6 +109,7 @@ class GuardHttp(AsyncLifecycle):
         pool_size: int,
         tls_verify: bool = True,
         ca_file: str | None = None,
+        connect_timeout_s: float | None = None,
     ):
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
@@ -123,6 +124,8 @@ class GuardHttp(AsyncLifecycle):
         # The key is kept only to build the header and to scrub it from server-echoed messages.
         self._api_key = api_key or None
         self._timeout_s = timeout_s
+        # A black-holed guard frees the slot after this, not after the whole call's timeout.
+        self._connect_timeout_s = min(connect_timeout_s or timeout_s, timeout_s)
         self._pool_size = pool_size
         self._session: aiohttp.ClientSession | None = None
         # Built now, so a bad CA bundle stops the start-up rather than every later call.
@@ -153,7 +156,7 @@ class GuardHttp(AsyncLifecycle):
         connector = aiohttp.TCPConnector(limit=self._pool_size, ssl=self._ssl)
         self._session = aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+            timeout=aiohttp.ClientTimeout(total=self._timeout_s, sock_connect=self._connect_timeout_s),
             cookie_jar=aiohttp.DummyCookieJar(),  # a guard's cookies are neither kept nor sent back
         )
         # Start-up checks, probes and heartbeats get connections of their own: a pool full of slow
@@ -192,11 +195,16 @@ class GuardHttp(AsyncLifecycle):
             raise GuardConfigError(
                 f"{self._shown_url}/models is not an OpenAI model list: {error_message(body)}", status=status
             )
+        if not served:
+            raise GuardModelMissing(
+                f"{self._shown_url}/models lists no model yet (still loading?)", status=status
+            )
         if self._model not in served:
-            listed = one_line(", ".join(served) or "(none)", 200)
-            raise GuardConfigError(
+            listed = one_line(", ".join(served), 200)
+            raise GuardModelMissing(
                 f"guard model {self._model!r} is not served at {self._shown_url}; served: {listed}",
                 status=status,
+                served=served,
             )
         self._context_window = context_window(body, self._model)
 

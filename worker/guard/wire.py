@@ -19,6 +19,7 @@ from worker.core.errors import (
     GuardConfigError,
     GuardContextOverflow,
     GuardError,
+    GuardModelMissing,
     GuardRejected,
     GuardTimeout,
     GuardUnavailable,
@@ -104,7 +105,7 @@ def error_for_status(status: int, message: str, retry_after_s: float | None = No
     if status in (401, 403):
         return GuardConfigError(f"{text} (check the guard API key)", status=status)
     if status == 404:
-        return GuardConfigError(f"{text} (unknown model or wrong guard URL)", status=status)
+        return GuardModelMissing(f"{text} (model not served, or a wrong guard URL)", status=status)
     return GuardRejected(text, status=status)
 
 

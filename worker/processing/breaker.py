@@ -132,11 +132,15 @@ class CircuitBreaker:
         return self._fallback.is_set()
 
     def outage_began(self, why: str) -> None:
-        """The guard is down at start-up: an outage from now (the breaker opens on the first failures)."""
+        """An outage from now, before the breaker opens (it opens on the first failures)."""
         if self._outage_since is None:
             self._outage_since = self._clock()
             self.last_reason = why
             self._arm_fallback()
+
+    def open_now(self, why: str) -> None:
+        """Open at once (the guard is not usable at start-up): the prober takes it from here."""
+        self._open(why)
 
     def _arm_fallback(self) -> None:
         after = self._policy.fallback_after_s
@@ -200,8 +204,9 @@ class CircuitBreaker:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def record(self, *, success: bool) -> None:
-        """Count the outcome of one call (a transient failure, or a success)."""
+    def record(self, *, success: bool, error: BaseException | None = None) -> None:
+        """Count the outcome of one call (a transient failure, or a success); ``error`` says why it
+        failed (the reason shown when this opens the circuit)."""
         now = self._clock()
         if success:
             self._outage_over()
@@ -214,7 +219,9 @@ class CircuitBreaker:
         if self._state is BreakerState.HALF_OPEN:
             self._record_trial(success)
         elif self._state is BreakerState.CLOSED and not success and self._should_open():
-            self._open("failures")
+            self._open(
+                f"guard calls failing, the last: {error}" if error is not None else "guard calls failing"
+            )
 
     def _record_trial(self, success: bool) -> None:
         if not success:
@@ -301,7 +308,7 @@ class CircuitBreaker:
                 failed += 1
                 log.warning("guard heartbeat failed (%d in a row): %s", failed, exc)
                 if failed >= failures_to_open:
-                    self._open(f"{failed} heartbeats failed in a row")
+                    self._open(f"{failed} heartbeats failed in a row, the last: {exc}")
                     failed = 0
                 continue
             failed = 0

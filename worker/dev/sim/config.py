@@ -61,6 +61,7 @@ class SimConfig:
     garbage_rate: float = 0.0
     length_rate: float = 0.0
     unhealthy: bool = False
+    loading: bool = False  # a vLLM still loading its model: /v1/models lists none, calls get 404
     redirect_url: str = "http://127.0.0.1:9/elsewhere"
     flood_mb: int = 50
 
@@ -212,6 +213,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="share of 200s cut off (finish_reason length)",
     )
     add("--unhealthy", action="store_true", default=d.unhealthy, help="GET /health answers 503")
+    add("--loading", action="store_true", default=d.loading, help="list no model and 404 every call")
     add("--redirect-url", default=d.redirect_url, help="Location of the [[sim:redirect]] fault's 307")
     add("--flood-mb", type=_POSITIVE_INT, default=d.flood_mb, help="MiB the [[sim:flood]] fault streams")
 

@@ -135,7 +135,7 @@ async def _parse_chat(request: web.Request, config: SimConfig) -> _Chat:
         raise _bad_request("'model' must be a string")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise _bad_request("'max_tokens' must be a positive integer")
-    if model not in (config.model, config.llamaguard_model):
+    if model not in (config.model, config.llamaguard_model) or config.loading:
         raise _not_found(model)
     return _Chat(model, messages, max_tokens)
 
@@ -288,7 +288,7 @@ async def _parse_moderation(request: web.Request, config: SimConfig) -> list[str
     """The texts of a moderation request (``input``: a string, or a list of strings or text parts)."""
     body = await _json_object(request)
     model = body.get("model") or config.moderation_model
-    if model != config.moderation_model:
+    if model != config.moderation_model or config.loading:
         raise _not_found(model if isinstance(model, str) else repr(model))
     raw = body.get("input")
     items = [raw] if isinstance(raw, str) else raw
@@ -381,6 +381,7 @@ async def _models(request: web.Request) -> web.Response:
             "max_model_len": config.max_model_len,
         }
         for model in (config.model, config.llamaguard_model)
+        if not config.loading
     ]
     return web.json_response({"object": "list", "data": cards})
 
