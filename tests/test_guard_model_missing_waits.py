@@ -8,10 +8,13 @@ import pytest
 
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, collect, publish, running_worker, wait_for_verdicts, wait_until
+from tests.test_alert_webhook import Receiver, receiver
 from worker.app import Worker
 from worker.processing.breaker import BreakerState
 
 pytestmark = pytest.mark.integration
+
+__all__ = ["receiver"]  # the fixture, used by name
 
 
 async def _status(worker: Worker, path: str) -> tuple[int, dict[str, object]]:
@@ -23,9 +26,12 @@ async def _status(worker: Worker, path: str) -> tuple[int, dict[str, object]]:
 
 
 async def test_the_model_disappearing_mid_run_pauses_and_the_worker_goes_on_when_it_is_back(
-    make_settings: SettingsFactory, guard_sim: GuardSim
+    make_settings: SettingsFactory, guard_sim: GuardSim, receiver: tuple[Receiver, str]
 ) -> None:
-    settings = make_settings(breaker_open_s=0.5, guard_backoff="100ms,300ms", heartbeat_s=0.5)
+    alerts, url = receiver
+    settings = make_settings(
+        breaker_open_s=0.5, guard_backoff="100ms,300ms", heartbeat_s=0.5, alert_webhook_url=url
+    )
     ids = [f"m{i}" for i in range(60)]
     async with running_worker(settings) as worker:
         await publish(settings, ({"id": i, "text": f"before {i}"} for i in ids[:20]))
@@ -48,6 +54,8 @@ async def test_the_model_disappearing_mid_run_pauses_and_the_worker_goes_on_when
         stored = await wait_for_verdicts(settings, ids, timeout_s=60)
         assert len(stored) == len(ids)
         assert await collect(settings, settings.dlq_topic, count=1, timeout_s=2) == []
+    states = [body["state"] for body in alerts.bodies]
+    assert states[0] == "open" and "back" in states, states  # the webhook heard both
 
 
 async def test_a_guard_still_loading_at_start_up_is_waited_for(

@@ -28,6 +28,7 @@ from worker.guard.factory import build_backend
 from worker.kafka import clients as kafka
 from worker.kafka.codecs import install_inflation_cap
 from worker.kafka.fetchloop import FetchLoop
+from worker.ops.alerts import AlertWebhook, worker_id
 from worker.ops.health import Health, OpsServer
 from worker.processing.adaptive import AdaptiveLimit
 from worker.processing.breaker import BreakerPolicy, CircuitBreaker
@@ -91,6 +92,12 @@ class Worker:
         install_inflation_cap(settings.max_inflate_bytes)
         guard = self.backend
         async with AsyncExitStack() as stack:
+            if settings.alert_webhook_url:
+                webhook = AlertWebhook(
+                    settings.alert_webhook_url, worker=worker_id(), counts=self._alert_counts
+                )
+                self.breaker.watch(webhook.notify)
+                stack.push_async_callback(webhook.close)
             server = OpsServer(self.health, host=settings.http_host, port=settings.http_port)
             await server.start()
             stack.push_async_callback(server.stop)
@@ -238,6 +245,16 @@ class Worker:
             if exc.fatal:
                 raise
             self._down_at_start(exc)
+
+    def _alert_counts(self) -> dict[str, Any]:
+        metrics = self.metrics
+        loop = self.fetch_loop
+        return {
+            "in_flight": loop.in_flight if loop is not None else 0,
+            "provisional_verdicts": metrics.total(metrics.provisional_verdicts),
+            "parked": metrics.total(metrics.parked),
+            "dead_letters": metrics.total(metrics.dead_letters),
+        }
 
     def _down_at_start(self, error: GuardError) -> None:
         """Start anyway, with the circuit open: readiness false and nothing consumed (or, with a fallback
