@@ -138,7 +138,9 @@ async def test_faults_of_each_wire_are_classified_like_qwen3guard_s(
     make_settings: SettingsFactory, guard_sim: GuardSim, backend: str
 ) -> None:
     # One text per request: each message meets its own fault (a batch shares the request's fault).
-    settings = make_settings(guard_backend=backend, guard_attempts=3, retry_schedule="1s", guard_batch_max=1)
+    settings = make_settings(
+        guard_backend=backend, guard_attempts=3, retry_schedule="1s", guard_batch_max=1, breaker_failures=50
+    )
     recovering = [
         {"id": "two-503s", "text": "recover [[sim:503x2]]"},
         {"id": "one-reset", "text": "recover [[sim:resetx1]]"},

@@ -143,7 +143,8 @@ def test_guard_switch_compares_the_target_with_the_live_colour_before_patching(t
     assert f"--a http://127.0.0.1:{POD_PORT + 2}/v1 --b http://127.0.0.1:{POD_PORT + 3}/v1" in compare
     assert "--a-model Qwen/Qwen3Guard-Gen-8B --b-model Qwen/Qwen3Guard-Gen-8B" in compare
     assert "--min-agreement 0.98 --max-p99-ratio 1.5" in compare
-    assert "port-forward deployment/guard-blue" in log and "port-forward deployment/guard-green" in log
+    # Each colour is compared through its own port-forward, once it answers.
+    assert f":{POD_PORT + 2}/v1/models" in log and f":{POD_PORT + 3}/v1/models" in log
     assert log.index("guardq guard compare") < log.index("patch service")
     assert colour == "green"
 

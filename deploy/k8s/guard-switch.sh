@@ -119,6 +119,16 @@ check_colour() {
     check_models_through "deployment/guard-${colour}" "$LOCAL_PORT"
 }
 
+# /v1/models answers on a port-forward's local port (a bounded number of tries).
+wait_for_port() {
+    local port=$1 attempt
+    for ((attempt = 1; attempt <= ATTEMPTS; attempt++)); do
+        models_answer "$port" && return 0
+        sleep "$INTERVAL_S"
+    done
+    return 1
+}
+
 # `guardq guard compare`: the live colour as A, the target as B, each through its own port-forward.
 compare_colours() {
     local live=$1 target=$2 a_port=$((LOCAL_PORT + 2)) b_port=$((LOCAL_PORT + 3)) rc backend
@@ -127,6 +137,11 @@ compare_colours() {
     PF_PIDS+=("$!")
     kubectl "${NS_ARGS[@]}" port-forward "deployment/guard-${target}" "${b_port}:8000" >/dev/null 2>&1 &
     PF_PIDS+=("$!")
+    if ! wait_for_port "$a_port" || ! wait_for_port "$b_port"; then
+        stop_port_forward
+        log "the port-forwards to guard-${live} and guard-${target} did not answer; not comparing"
+        return 1
+    fi
     log "comparing guard-${target} (B) with guard-${live} (A) on guardq's golden set"
     rc=0
     GUARDQ_GUARD_API_KEY=${GUARDQ_GUARD_API_KEY:-${GUARD_API_KEY:-}} "${GUARDQ:-guardq}" guard compare \
