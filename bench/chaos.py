@@ -1,13 +1,18 @@
-"""`make chaos`: a soak of a worker process under guard faults, a worker SIGKILL and a Redis restart.
+"""`make chaos`: a soak of a worker process under guard faults, a worker SIGKILL, a Redis restart and a guard
+outage with the fallback policy on.
 
 A stream of requests (20,000 by default) is published to an embedded tansu broker while:
 - the simulated guard answers with random transient faults (503, connection resets, 429 with
   Retry-After, garbage replies) and lognormal latency;
 - the worker process is SIGKILLed once mid-run (at 30 % progress) and started again;
 - the soak's own Redis (append-only file, fsync on every write) is SIGKILLed at 60 % progress and
-  restarted on the same port and directory after a short outage.
+  restarted on the same port and directory after a short outage;
+- the guard goes down at 75 % progress (every call 503) for ``--guard-outage-s``: the worker runs with
+  GUARDQ_OUTAGE_POLICY=review and GUARDQ_OUTAGE_AFTER_S=``--outage-after-s``, so messages get provisional
+  verdicts and are parked, then their final verdicts once the guard is back.
 
-At the end it checks every published id: a verdict in Redis and on the verdict topic, or a dead letter.
+At the end it checks every published id: a final verdict in Redis and on the verdict topic, or a dead
+letter (a provisional verdict never counts).
 It prints and writes bench/results/chaos.json, and exits 1 when an id is lost, a verdict never reached the
 verdict topic, or an id got two different verdicts.
 """
@@ -50,7 +55,8 @@ PARTITIONS = 8
 class Observed:
     """What the soak has seen on the verdict and dead-letter topics so far."""
 
-    processed_at: dict[str, set[str]] = field(default_factory=dict)  # verdict id -> distinct documents
+    processed_at: dict[str, set[str]] = field(default_factory=dict)  # final verdict id -> distinct documents
+    provisional: set[str] = field(default_factory=set)  # ids given a provisional verdict
     verdict_records: int = 0
     dead_reasons: dict[str, list[str]] = field(default_factory=dict)  # dead-lettered id -> reasons
     dead_records: int = 0
@@ -83,6 +89,9 @@ def _settings(args: argparse.Namespace, bootstrap: str, redis_url: str, guard_ur
             # A killed worker's partitions move after this + ~4 s; keep the soak short.
             "GUARDQ_SESSION_TIMEOUT_S": "6",
             "GUARDQ_RETRY_SCHEDULE": args.retry_schedule,
+            "GUARDQ_OUTAGE_POLICY": "review",
+            "GUARDQ_OUTAGE_AFTER_S": str(args.outage_after_s),
+            "GUARDQ_BREAKER_OPEN_S": "1",
         }
     )
 
@@ -126,7 +135,10 @@ async def watch_verdicts(settings: Settings, observed: Observed, timeout_s: floa
     async with contextlib.aclosing(stream):
         async for record in stream:
             document = json.loads(record.value)
-            observed.processed_at.setdefault(document["id"], set()).add(document["processed_at"])
+            if document.get("provisional"):
+                observed.provisional.add(document["id"])
+            else:
+                observed.processed_at.setdefault(document["id"], set()).add(document["processed_at"])
             observed.verdict_records += 1
             observed.records_by_phase[observed.phase] += 1
 
@@ -173,10 +185,16 @@ def _event(observed: Observed, started: float, what: str) -> None:
 
 
 async def chaos(
-    args: argparse.Namespace, observed: Observed, worker: WorkerProcess, redis: OwnRedis, started: float
+    args: argparse.Namespace,
+    observed: Observed,
+    worker: WorkerProcess,
+    redis: OwnRedis,
+    sim: GuardSimProcess,
+    started: float,
 ) -> None:
     """The faults in order: kill the worker at 30 % progress and restart it; kill Redis at 60 %, restart
-    it after the outage; then wait until every id has a verdict or a dead letter."""
+    it after the outage; take the guard down at 75 % and bring it back; then wait until every id has a
+    final verdict or a dead letter."""
     deadline = started + args.timeout
     await _wait_progress(observed, worker, int(args.messages * 0.3), deadline, "30 % before the worker kill")
     committed = await committed_offsets(worker.settings)
@@ -194,6 +212,14 @@ async def chaos(
     await asyncio.sleep(args.redis_outage_s)
     await asyncio.to_thread(redis.start)
     _event(observed, started, "redis restarted")
+    await _wait_progress(
+        observed, worker, int(args.messages * 0.75), deadline, "75 % before the guard outage"
+    )
+    await asyncio.to_thread(sim.set_knobs, fail_503_rate=1.0)
+    _event(observed, started, "guard down (every call 503)")
+    await asyncio.sleep(args.guard_outage_s)
+    await asyncio.to_thread(sim.set_knobs, fail_503_rate=0.05 * args.fault_scale)
+    _event(observed, started, f"guard back ({len(observed.provisional)} provisional verdicts so far)")
     await _wait_progress(observed, worker, args.messages, deadline, "every id to finish")
     _event(observed, started, "every id has a verdict or a dead letter")
 
@@ -212,14 +238,18 @@ async def committed_offsets(settings: Settings) -> int:
 
 
 async def stored_ids(redis_url: str, prefix: str, ids: list[str]) -> set[str]:
-    """The ids among ``ids`` that have a verdict in Redis."""
+    """The ids among ``ids`` that have a final verdict in Redis (a provisional one does not count)."""
     client = aioredis.Redis.from_url(redis_url)
     try:
         found: set[str] = set()
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
             values = await client.mget([RedisKeys(prefix).verdict(i) for i in chunk])
-            found.update(i for i, value in zip(chunk, values, strict=True) if value is not None)
+            found.update(
+                i
+                for i, value in zip(chunk, values, strict=True)
+                if value is not None and not json.loads(value).get("provisional")
+            )
         return found
     finally:
         await client.aclose()
@@ -248,6 +278,8 @@ def summarize(
         "dead_letter_records": observed.dead_records,
         "dead_letters_by_reason": dict(reasons),
         "verdict_and_dead_letter": len(dead & stored),
+        "provisional_verdicts": len(observed.provisional),
+        "provisional_without_final": len(observed.provisional - on_topic - dead),
         "success_rate": round(len(stored) / count, 5),
         "guard_calls": guard.get("requests", 0),
         "guard_calls_per_published": round(guard.get("requests", 0) / count, 3),
@@ -270,6 +302,10 @@ def print_summary(result: dict[str, Any]) -> None:
         ("lost", result["lost"]),
         ("stored, not on topic", result["stored_but_not_on_topic"]),
         ("duplicate verdicts", result["duplicate_verdicts"]),
+        (
+            "provisional verdicts",
+            f"{result['provisional_verdicts']} ({result['provisional_without_final']} without a final one)",
+        ),
         ("dead letters", f"{result['dead_letters']} {result['dead_letters_by_reason'] or ''}"),
         ("success rate", f"{result['success_rate']:.4f}"),
         ("guard calls", f"{result['guard_calls']} ({result['guard_calls_per_published']} per published)"),
@@ -313,7 +349,7 @@ async def soak(args: argparse.Namespace, processes: Processes, workdir: Path) ->
     publishing = asyncio.create_task(publish_stream(settings, args.messages, args.rate, published))
     try:
         # Together, so a failed publish stops the soak at once instead of at the progress deadline.
-        await asyncio.gather(chaos(args, observed, worker, redis, started), publishing)
+        await asyncio.gather(chaos(args, observed, worker, redis, sim, started), publishing)
         elapsed = time.monotonic() - started
         exit_code = await asyncio.to_thread(worker.stop, 40)
         _event(observed, started, f"worker stopped with exit code {exit_code}")
@@ -347,6 +383,10 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--retry-after-s", type=float, default=1.0, help="Retry-After of the simulated 429s")
     parser.add_argument("--retry-schedule", default="1s,3s,5s", help="GUARDQ_RETRY_SCHEDULE of the worker")
     parser.add_argument("--redis-outage-s", type=float, default=2.0, help="how long Redis stays down")
+    parser.add_argument("--guard-outage-s", type=float, default=10.0, help="how long the guard stays down")
+    parser.add_argument(
+        "--outage-after-s", type=float, default=3.0, help="GUARDQ_OUTAGE_AFTER_S: provisional verdicts after"
+    )
     parser.add_argument("--seed", type=int, default=7, help="seed of the simulator's fault RNG")
     parser.add_argument("--workdir", type=Path, help="keep logs and Redis data here (default: a temp dir)")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
@@ -383,7 +423,12 @@ def main() -> int:
     }
     (RESULTS / "chaos.json").write_text(json.dumps(document, indent=2) + "\n")
     print(f"written to {RESULTS / 'chaos.json'}")
-    failed = result["lost"] or result["stored_but_not_on_topic"] or result["duplicate_verdicts"]
+    failed = (
+        result["lost"]
+        or result["stored_but_not_on_topic"]
+        or result["duplicate_verdicts"]
+        or result["provisional_without_final"]
+    )
     if failed:
         print("FAILED: lost, unpublished or duplicate verdicts (see above)", file=sys.stderr)
     return 1 if failed else 0

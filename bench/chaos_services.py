@@ -122,6 +122,10 @@ class GuardSimProcess:
         self._call("POST", "/sim/config", knobs)
         self._call("POST", "/sim/reset")
 
+    def set_knobs(self, **knobs: Any) -> None:
+        """Set knobs mid-run (``POST /sim/config``), keeping the counters."""
+        self._call("POST", "/sim/config", knobs)
+
     def stats(self) -> dict[str, Any]:
         """``GET /sim/stats`` without the per-content maps, which hold an entry per message."""
         stats = self._call("GET", "/sim/stats")

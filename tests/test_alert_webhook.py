@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from tests.helpers import wait_until
+from tests.test_breaker import _to_half_open
 from worker.ops.alerts import AlertWebhook
 from worker.processing.breaker import BreakerPolicy, CircuitBreaker
 
@@ -62,6 +63,7 @@ async def test_open_fallback_and_back_each_post_one_json_document(receiver: tupl
         return len(state.bodies) >= 2
 
     await wait_until(fallback_posted, timeout_s=5, what="the open and fallback alerts")
+    await _to_half_open(breaker)
     breaker.record(success=True)
 
     async def back_posted() -> bool:
@@ -125,7 +127,7 @@ async def _failed(webhook: AlertWebhook) -> bool:
 async def test_too_many_posts_under_way_drop_the_newest(receiver: tuple[Receiver, str]) -> None:
     state, url = receiver
     state.hang.clear()
-    webhook = AlertWebhook(url, worker="w", timeout_s=2)
+    webhook = AlertWebhook(url, worker="w", timeout_s=2, quiet_s=0)
     for _ in range(20):
         webhook.notify("open", {})
     await wait_until(lambda: _received(state, 8), timeout_s=5, what="eight posts")
@@ -137,3 +139,17 @@ async def test_too_many_posts_under_way_drop_the_newest(receiver: tuple[Receiver
 
 async def _received(state: Receiver, count: int) -> bool:
     return len(state.bodies) >= count
+
+
+async def test_a_flapping_guard_does_not_flood_the_receiver(receiver: tuple[Receiver, str]) -> None:
+    state, url = receiver
+    webhook = AlertWebhook(url, worker="w")
+    for _ in range(10):
+        webhook.notify("open", {"reason": "flap"})
+        webhook.notify("back", {"outage_s": 0.1})
+    webhook.notify("fallback", {"since_s": 60})
+    webhook.notify("fallback", {"since_s": 120})
+    await wait_until(lambda: _received(state, 4), timeout_s=5, what="four posts")
+    await asyncio.sleep(0.1)
+    await webhook.close()
+    assert sorted(body["state"] for body in state.bodies) == ["back", "fallback", "fallback", "open"]

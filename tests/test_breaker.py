@@ -193,8 +193,32 @@ async def test_past_the_outage_deadline_waiting_callers_get_a_fallback_instead()
     assert breaker.in_fallback and events == ["open", "fallback"]
     with pytest.raises(OutageFallback):  # later callers get it at once
         await asyncio.wait_for(breaker.admit(), 0.05)
-    breaker.record(success=True)  # the first successful call ends the outage
+    await _to_half_open(breaker)
+    breaker.record(success=True)  # the first successful (trial) call ends the outage
     assert not breaker.in_fallback and breaker.outage_s is None and events[-1] == "back"
+
+
+async def test_a_call_that_succeeds_while_open_does_not_end_the_outage() -> None:
+    breaker = CircuitBreaker(FALLBACK)
+    for _ in range(FALLBACK.consecutive_failures):
+        breaker.record(success=False)
+    breaker.record(success=True)  # admitted before the circuit opened: says nothing about now
+    assert breaker.outage_s is not None
+
+
+async def _to_half_open(breaker: CircuitBreaker) -> None:
+    """Let a probe that succeeds turn the breaker half-open."""
+
+    async def probe() -> None:
+        return None
+
+    prober = asyncio.create_task(breaker.run_prober(probe))
+
+    async def half_open() -> bool:
+        return breaker.state is BreakerState.HALF_OPEN
+
+    await wait_until(half_open, timeout_s=5, what="the breaker to turn half-open")
+    prober.cancel()
 
 
 async def test_a_failed_trial_call_does_not_restart_the_outage_clock() -> None:

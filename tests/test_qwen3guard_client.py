@@ -370,3 +370,26 @@ async def test_start_and_stop_are_idempotent(server: FakeVllm) -> None:
     await backend.stop()
     with pytest.raises(RuntimeError):
         await backend.moderate(GuardRequest(text="hello"))
+
+
+async def test_the_connect_timeout_is_its_own_within_the_call_timeout() -> None:
+    from worker.config.settings import Settings
+    from worker.guard.factory import build_backend
+
+    settings = Settings.load({"GUARDQ_GUARD_CONNECT_TIMEOUT_S": "2", "GUARDQ_GUARD_TIMEOUT_S": "30"})
+    backend = build_backend(settings)
+    assert isinstance(backend, Qwen3GuardBackend)
+    await backend.start()
+    try:
+        timeout = backend._session.timeout  # type: ignore[union-attr]
+        assert (timeout.total, timeout.sock_connect) == (30, 2)
+    finally:
+        await backend.stop()
+    longer = build_backend(
+        Settings.load({"GUARDQ_GUARD_CONNECT_TIMEOUT_S": "60", "GUARDQ_GUARD_TIMEOUT_S": "10"})
+    )
+    await longer.start()
+    try:
+        assert longer._session.timeout.sock_connect == 10  # type: ignore[attr-defined]
+    finally:
+        await longer.stop()

@@ -13,7 +13,7 @@ from jsonschema import Draft202012Validator
 from opentelemetry.sdk.trace import TracerProvider
 
 from worker.core.errors import GuardRejected, GuardUnavailable, InvalidInput
-from worker.core.messages import Verdict, parse_request
+from worker.core.messages import ProvisionalVerdict, Verdict, parse_request
 from worker.core.times import format_rfc3339, utc_now_rfc3339
 from worker.dev.demo import DEMO_MAX_TEXT_CHARS
 from worker.failures.envelope import REASONS, DeadLetterEnvelope, carried_headers, format_history_entry
@@ -342,3 +342,29 @@ def test_the_package_ships_the_project_schemas_and_names_them() -> None:
         assert schema_text(name) == on_disk
     with pytest.raises(KeyError, match="no schema 'request'"):
         schema_text("request")
+
+
+def test_a_provisional_verdict_from_the_code_matches_the_verdict_schema() -> None:
+    provisional = ProvisionalVerdict(
+        id="p1",
+        action="block",
+        model="Qwen/Qwen3Guard-Gen-8B",
+        trace_id="ab" * 16,
+        attempts=2,
+        latency_ms=3.0,
+        processed_at="2026-12-03T12:00:00.000Z",
+        metadata={"tenant": "t"},
+        content_sha256="cd" * 32,
+    )
+    document = json.loads(provisional.to_json())
+    assert (
+        document["provisional"] is True
+        and document["label"] is None
+        and document["reason"] == "guard_unavailable"
+    )
+    assert _errors("verdict", document) == []
+    assert _errors("verdict", document | {"label": "safe"}) != []  # a provisional verdict names no label
+    final = document | {"provisional": False, "label": "safe", "action": "allow"}
+    del final["reason"]
+    assert _errors("verdict", final) == []
+    assert _errors("verdict", final | {"label": None}) != []  # a final verdict always has one

@@ -5,7 +5,8 @@ Each event is one JSON POST with a ``text`` line (what a Slack-style incoming we
 details for a generic receiver: ``state``, ``since`` (when the outage began), ``reason``, ``worker`` and
 ``counts``. Posts go out in the background with a timeout and no retries: a receiver that fails or hangs
 is logged, never waited for, and never stops the worker. At most a few posts are under way at once; an
-event beyond that is logged and dropped.
+event beyond that is logged and dropped. A flapping guard does not flood the receiver: ``open`` and
+``back`` are sent at most once a minute each (``fallback`` always).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_S: Final = 5.0
 MAX_PENDING: Final = 8
+QUIET_S: Final = 60.0  # the least time between two alerts of one state (but fallback)
 _SUMMARY: Final = {
     "open": "guard circuit OPEN: moderation paused",
     "fallback": "guard outage: giving PROVISIONAL verdicts",
@@ -50,18 +52,27 @@ class AlertWebhook:
         worker: str,
         counts: Callable[[], dict[str, Any]] = dict,
         timeout_s: float = TIMEOUT_S,
+        quiet_s: float = QUIET_S,
     ) -> None:
         self._url = url
         self._worker = worker
         self._counts = counts
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._pending: set[asyncio.Task[None]] = set()
+        self._quiet_s = quiet_s
+        self._last_sent: dict[str, float] = {}
         self._session: aiohttp.ClientSession | None = None
         self.sent = 0
         self.failed = 0
 
     def notify(self, event: str, details: dict[str, Any]) -> None:
         """Post ``event`` in the background (a breaker listener)."""
+        now = time.monotonic()
+        last = self._last_sent.get(event)
+        if event != "fallback" and last is not None and now - last < self._quiet_s:
+            log.debug("alert webhook: %r sent %.0f s ago; not again yet", event, now - last)
+            return
+        self._last_sent[event] = now
         if len(self._pending) >= MAX_PENDING:
             log.warning("alert webhook: %d posts under way; dropping the %r alert", len(self._pending), event)
             return

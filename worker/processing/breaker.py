@@ -208,7 +208,9 @@ class CircuitBreaker:
         """Count the outcome of one call (a transient failure, or a success); ``error`` says why it
         failed (the reason shown when this opens the circuit)."""
         now = self._clock()
-        if success:
+        if success and self._state is not BreakerState.OPEN:
+            # A call admitted before the circuit opened may still succeed: only a call made while it is
+            # closed or half-open (a trial) says the guard is back.
             self._outage_over()
         self._window.append((now, success))
         self._window_failures += not success

@@ -152,8 +152,8 @@ class GuardCaller:
         return chunking.aggregate(verdicts, parts[0].kind), made
 
     async def _until_answered(self, request: GuardRequest, made_before: int) -> tuple[GuardVerdict, int]:
-        """Guard calls under the retry policy; when the retries end because the circuit opened (the guard
-        is down, not this message's fault), wait for it to close and go on with a fresh budget."""
+        """Guard calls under the retry policy; when the retries end because the circuit opened, wait for
+        it to close and go on with a fresh budget (``_wait_for_guard``)."""
         made = 0
         while True:
             try:
@@ -166,8 +166,16 @@ class GuardCaller:
                 made += failed.attempts
                 if isinstance(failed.error, OutageFallback):  # its last attempt made no call
                     raise GuardCallFailed(failed.error, made - 1) from failed.error
-                if not (failed.exhausted and failed.error.guard_down and self._breaker.is_open):
+                if not self._wait_for_guard(failed.error, made):
                     raise GuardCallFailed(failed.error, made) from failed.error
+
+    def _wait_for_guard(self, error: GuardError, made: int) -> bool:
+        """Whether retries that ended on ``error`` ended because the circuit opened (the guard is down, not
+        this message's fault): then the message waits for the guard and goes on with a fresh budget. A
+        transient error of its own (a bad reply) keeps its own cap on attempts."""
+        if not (error.retriable and self._breaker.is_open):
+            return False
+        return error.max_attempts is None or made < error.max_attempts
 
     async def _call(self, request: GuardRequest, made_before: int, attempt: int) -> GuardVerdict:
         await self._breaker.admit()  # while the circuit is open this waits: no attempt is spent
