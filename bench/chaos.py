@@ -418,7 +418,9 @@ def main() -> int:
     document = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "settings": dict(vars(args)),
+        "settings": {
+            key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
+        },
         "results": result,
     }
     (RESULTS / "chaos.json").write_text(json.dumps(document, indent=2) + "\n")

@@ -80,6 +80,26 @@ async def test_a_bad_reply_is_tried_once_more_and_never_sent_through_the_retry_t
     assert caught.value.error is errors[1]
 
 
+async def test_a_bad_reply_after_a_503_still_gets_its_second_try() -> None:
+    attempt, calls = _failing_then(
+        [GuardUnavailable("HTTP 503", status=503), GuardBadReply("no Safety line")]
+    )
+    assert await FAST.call(attempt) == ("verdict", 3)
+    assert calls == [1, 2, 3]
+
+
+async def test_two_bad_replies_around_a_503_stop_at_the_second() -> None:
+    errors: list[GuardError] = [
+        GuardBadReply("a"),
+        GuardUnavailable("HTTP 503", status=503),
+        GuardBadReply("b"),
+    ]
+    attempt, calls = _failing_then(errors)
+    with pytest.raises(GuardCallFailed) as caught:
+        await FAST.call(attempt)
+    assert calls == [1, 2, 3] and caught.value.error is errors[2]
+
+
 @pytest.mark.parametrize(
     "make_error",
     [

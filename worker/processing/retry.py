@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -64,12 +65,16 @@ class GuardCallFailed(Exception):
 
 
 class _stop_at_error_cap(stop_base):
-    """Stop once the last error's own ``max_attempts`` is reached (a bad guard reply is tried twice)."""
+    """Stop once the last error's kind has failed its own ``max_attempts`` times (a bad guard reply is
+    tried twice: a 503 before it does not use up its second try)."""
+
+    def __init__(self, failures: Counter[type[BaseException]]) -> None:
+        self._failures = failures
 
     def __call__(self, retry_state: RetryCallState) -> bool:
         error = retry_state.outcome.exception() if retry_state.outcome else None
         cap = getattr(error, "max_attempts", None)
-        return cap is not None and retry_state.attempt_number >= cap
+        return cap is not None and error is not None and self._failures[type(error)] >= cap
 
 
 @dataclass(frozen=True)
@@ -113,10 +118,11 @@ class RetryPolicy:
         except GuardError as exc:
             first: GuardError = exc
         spent_s = time.monotonic() - started
+        failures: Counter[type[BaseException]] = Counter({type(first): 1})
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_attempts)
             | stop_before_delay(max(self.max_total_s - spent_s, 0.0))
-            | _stop_at_error_cap(),
+            | _stop_at_error_cap(failures),
             wait=self._wait,
             retry=retry_if_exception(should_retry),
             reraise=True,
@@ -128,7 +134,11 @@ class RetryPolicy:
                     made += 1
                     if made == 1:
                         raise first
-                    return await attempt(made), made
+                    try:
+                        return await attempt(made), made
+                    except GuardError as exc:
+                        failures[type(exc)] += 1
+                        raise
         except GuardError as exc:
             raise GuardCallFailed(exc, made) from exc
         raise AssertionError("tenacity ended without a result or an error")  # pragma: no cover
