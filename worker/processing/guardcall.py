@@ -166,16 +166,14 @@ class GuardCaller:
                 made += failed.attempts
                 if isinstance(failed.error, OutageFallback):  # its last attempt made no call
                     raise GuardCallFailed(failed.error, made - 1) from failed.error
-                if not self._wait_for_guard(failed.error, made):
+                if not self._wait_for_guard(failed.error):
                     raise GuardCallFailed(failed.error, made) from failed.error
 
-    def _wait_for_guard(self, error: GuardError, made: int) -> bool:
-        """Whether retries that ended on ``error`` ended because the circuit opened (the guard is down, not
-        this message's fault): then the message waits for the guard and goes on with a fresh budget. A
-        transient error of its own (a bad reply) keeps its own cap on attempts."""
-        if not (error.retriable and self._breaker.is_open):
-            return False
-        return error.max_attempts is None or made < error.max_attempts
+    def _wait_for_guard(self, error: GuardError) -> bool:
+        """Whether retries that ended on a transient ``error`` ended because the circuit opened (the guard
+        is down, not this message's fault): then the message waits for the guard and goes on with a fresh
+        budget (a bad reply's own cap of two tries counts within each budget)."""
+        return error.retriable and self._breaker.is_open
 
     async def _call(self, request: GuardRequest, made_before: int, attempt: int) -> GuardVerdict:
         await self._breaker.admit()  # while the circuit is open this waits: no attempt is spent
