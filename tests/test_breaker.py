@@ -251,3 +251,21 @@ async def test_with_the_wait_policy_callers_wait_however_long_the_outage() -> No
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(breaker.admit(), 0.3)
     assert not breaker.in_fallback
+
+
+def test_the_failures_of_one_text_alone_never_open_it() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(FAST, clock=clock)
+    for _ in range(100):  # a message the guard (or a gateway) always refuses, and nothing else calling
+        breaker.record(success=False, text=("poison",))
+        clock.now += 0.01
+    assert breaker.state is BreakerState.CLOSED
+    breaker.record(success=False, text=("another",))
+    assert breaker.state is BreakerState.OPEN  # two texts failing: the guard, not a message
+
+
+def test_a_run_spread_over_texts_opens_it_as_before() -> None:
+    breaker = CircuitBreaker(FAST)
+    for index in range(FAST.consecutive_failures):
+        breaker.record(success=False, text=index)
+    assert breaker.is_open

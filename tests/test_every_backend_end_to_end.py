@@ -138,6 +138,8 @@ async def test_faults_of_each_wire_are_classified_like_qwen3guard_s(
     make_settings: SettingsFactory, guard_sim: GuardSim, backend: str
 ) -> None:
     # One text per request: each message meets its own fault (a batch shares the request's fault).
+    # Exact attempt counts need a breaker that stays closed (several texts fail here at once, which
+    # opens the default one, and a message held by an open circuit gets a fresh budget).
     settings = make_settings(
         guard_backend=backend, guard_attempts=3, retry_schedule="1s", guard_batch_max=1, breaker_failures=50
     )

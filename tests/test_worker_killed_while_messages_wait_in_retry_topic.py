@@ -51,9 +51,7 @@ def _epoch(rfc3339: str) -> float:
 async def test_worker_killed_while_messages_wait_in_retry_topic_completes_them_after_restart(
     make_settings: SettingsFactory, guard_sim: GuardSim, tmp_path: Path
 ) -> None:
-    # A breaker that tolerates these failures (the default 5 would pause the worker instead: the
-    # outage path, tested elsewhere); this test is about the retry topics.
-    settings = make_settings(guard_attempts=2, retry_schedule=f"{DELAY_S:g}s", breaker_failures=50)
+    settings = make_settings(guard_attempts=2, retry_schedule=f"{DELAY_S:g}s")
     # Each fails twice (the whole in-process budget), then succeeds: exactly one retry hop. Few enough that
     # their 16 failures in a row stay under the breaker's threshold of 20 (an outage would pause instead).
     documents = [{"id": f"w{i}", "text": f"waits in the retry topic {i} [[sim:503x2]]"} for i in range(8)]

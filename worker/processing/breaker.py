@@ -21,7 +21,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -95,8 +95,10 @@ class CircuitBreaker:
         self._clock = clock
         self._state = BreakerState.CLOSED
         self._consecutive = 0
-        self._window: deque[tuple[float, bool]] = deque()
+        self._run_texts: set[object] = set()  # the texts the current run of failures was for
+        self._window: deque[tuple[float, bool, object]] = deque()
         self._window_failures = 0  # kept with the window, so each call costs O(1)
+        self._failing_texts: Counter[object] = Counter()  # failures in the window, by text
         self._trials_left = 0
         self._trial_successes = 0
         self._cooldown_s = self._policy.cooldown_initial_s
@@ -204,28 +206,47 @@ class CircuitBreaker:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def record(self, *, success: bool, error: BaseException | None = None) -> None:
+    def record(self, *, success: bool, error: BaseException | None = None, text: object = None) -> None:
         """Count the outcome of one call (a transient failure, or a success); ``error`` says why it
-        failed (the reason shown when this opens the circuit)."""
+        failed (the reason shown when this opens the circuit), ``text`` what was sent (hashable): the
+        failures of one text alone never open the circuit, so one message the guard (or a gateway) always
+        refuses cannot pause the worker; it goes through the retry topics to a dead letter instead."""
         now = self._clock()
+        text = object() if text is None else text  # unnamed: every call its own text
         if success and self._state is not BreakerState.OPEN:
             # A call admitted before the circuit opened may still succeed: only a call made while it is
             # closed or half-open (a trial) says the guard is back.
             self._outage_over()
-        self._window.append((now, success))
-        self._window_failures += not success
+        self._window.append((now, success, text))
+        if not success:
+            self._window_failures += 1
+            self._failing_texts[text] += 1
         while self._window and self._window[0][0] < now - self._policy.window_s:
-            _, ok = self._window.popleft()
-            self._window_failures -= not ok
-        self._consecutive = 0 if success else self._consecutive + 1
+            _, ok, old = self._window.popleft()
+            if not ok:
+                self._window_failures -= 1
+                self._failing_texts[old] -= 1
+                if self._failing_texts[old] <= 0:
+                    del self._failing_texts[old]
+        if success:
+            self._consecutive = 0
+            self._run_texts.clear()
+        else:
+            self._consecutive += 1
+            self._run_texts.add(text)
         if self._state is BreakerState.HALF_OPEN:
-            self._record_trial(success)
+            self._record_trial(success, text)
         elif self._state is BreakerState.CLOSED and not success and self._should_open():
             self._open(
                 f"guard calls failing, the last: {error}" if error is not None else "guard calls failing"
             )
 
-    def _record_trial(self, success: bool) -> None:
+    def _record_trial(self, success: bool, text: object) -> None:
+        if not success and self._run_texts == {text}:
+            # Only this text has failed since the last success: the message, not the guard. Its trial
+            # slot goes back; it will end in a dead letter through its retries.
+            self._trials_left += 1
+            return
         if not success:
             self._cooldown_s = min(self._cooldown_s * 2, self._policy.cooldown_max_s)
             self._open("a trial call failed")
@@ -235,10 +256,14 @@ class CircuitBreaker:
             self._close()
 
     def _should_open(self) -> bool:
-        if self._consecutive >= self._policy.consecutive_failures:
+        if self._consecutive >= self._policy.consecutive_failures and len(self._run_texts) > 1:
             return True
         calls = len(self._window)
-        return calls >= self._policy.min_calls and self._window_failures / calls >= self._policy.failure_rate
+        return (
+            calls >= self._policy.min_calls
+            and self._window_failures / calls >= self._policy.failure_rate
+            and len(self._failing_texts) > 1
+        )
 
     def _open(self, why: str) -> None:
         if self._state is not BreakerState.OPEN:
@@ -266,8 +291,10 @@ class CircuitBreaker:
     def _close(self) -> None:
         self._state = BreakerState.CLOSED
         self._consecutive = 0
+        self._run_texts.clear()
         self._window.clear()
         self._window_failures = 0
+        self._failing_texts.clear()
         self._cooldown_s = self._policy.cooldown_initial_s
         self._opened.clear()
         self._settled.set()

@@ -186,7 +186,9 @@ class GuardCaller:
             if self._batcher is not None:
                 return await self._batcher.submit(request, span.get_span_context())
             async with self._limiter.slot():
-                return await self._request(functools.partial(self._guard.moderate, request), texts=1)
+                return await self._request(
+                    functools.partial(self._guard.moderate, request), texts=1, text=request
+                )
 
     async def _send_batch(self, requests: list[GuardRequest], links: list[Link]) -> list[BatchAnswer]:
         """One batch request (the batcher holds its slot), in a span of its own linked to each message's.
@@ -215,7 +217,7 @@ class GuardCaller:
     async def _batch_request(self, requests: list[GuardRequest]) -> list[BatchAnswer]:
         assert isinstance(self._guard, BatchGuardBackend)
         send = functools.partial(self._guard.moderate_batch, requests)
-        return await self._request(send, texts=len(requests))
+        return await self._request(send, texts=len(requests), text=tuple(requests))
 
     async def _alone(self, request: GuardRequest) -> BatchAnswer:
         try:
@@ -224,7 +226,7 @@ class GuardCaller:
             return exc
         return answer
 
-    async def _request(self, send: Callable[[], Awaitable[_T]], *, texts: int) -> _T:
+    async def _request(self, send: Callable[[], Awaitable[_T]], *, texts: int, text: object = None) -> _T:
         """One guard request: counted, timed, and told to the breaker, the 429 throttle and the
         adaptive cap."""
         self._metrics.guard_calls.inc()
@@ -235,7 +237,7 @@ class GuardCaller:
         except GuardError as exc:
             self._metrics.guard_errors.labels(type(exc).__name__).inc()
             # A 400 or a reply that is not a verdict is an answer: the guard is up.
-            self._breaker.record(success=not exc.guard_down, error=exc)
+            self._breaker.record(success=not exc.guard_down, error=exc, text=text)
             if exc.status == 429 and (exc.retry_after_s is not None or self._adaptive is None):
                 # A Retry-After is always honoured by every call. Without one, a fixed cap has
                 # nothing else to slow it (hold everyone a second); the adaptive cap shrinks
