@@ -51,9 +51,10 @@ def _epoch(rfc3339: str) -> float:
 async def test_worker_killed_while_messages_wait_in_retry_topic_completes_them_after_restart(
     make_settings: SettingsFactory, guard_sim: GuardSim, tmp_path: Path
 ) -> None:
-    settings = make_settings(guard_attempts=2, retry_schedule=f"{DELAY_S:g}s")
-    # Each fails twice (the whole in-process budget), then succeeds: exactly one retry hop. Few enough that
-    # their 16 failures in a row stay under the breaker's threshold of 20 (an outage would pause instead).
+    # Each fails twice (the whole in-process budget), then succeeds: exactly one retry hop. Their 16
+    # failures in a row, over 8 texts, would open the default breaker (5) and pause instead: a tolerant
+    # one keeps this test about the retry topic.
+    settings = make_settings(guard_attempts=2, retry_schedule=f"{DELAY_S:g}s", breaker_failures=50)
     documents = [{"id": f"w{i}", "text": f"waits in the retry topic {i} [[sim:503x2]]"} for i in range(8)]
     ids = [d["id"] for d in documents]
     await kafka.ensure_topics(settings)
