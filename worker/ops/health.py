@@ -118,6 +118,7 @@ class Health:
             infra_retries=loop.stats.infra_retries,
             outage_s=round(self.breaker.outage_s or 0.0, 1),
             fallback=self.breaker.in_fallback,
+            ready=self.readiness()[0],
         )
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:

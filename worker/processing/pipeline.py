@@ -219,8 +219,18 @@ class Pipeline:
         # Ours is published as built; one stored first by another worker is read for its trace id.
         await self._publish(delivery, request.id, stored, built_by=built if stored is document else None)
         self._metrics.verdicts.labels(built.label, built.action).inc()
+        self._observe_age(delivery.record)
         log.debug("verdict id=%s label=%s", request.id, built.label)
         return Outcome.MODERATED
+
+    def _observe_age(self, record: ConsumerRecord) -> None:
+        """Publish → final verdict, from the record's own timestamp (a producer's clock, or the broker's
+        with LogAppendTime); a timestamp in the future or missing is not counted."""
+        stamp = record.timestamp
+        if isinstance(stamp, int) and stamp > 0:
+            age_s = time.time() - stamp / 1000
+            if age_s >= 0:
+                self._metrics.verdict_age.observe(age_s)
 
     def _provisional(
         self, delivery: Delivery, request: ModerationRequest, *, attempts: int

@@ -8,14 +8,18 @@ read when ``/metrics`` is scraped, so the hot path pays nothing for it.
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from worker import __version__
+
 # Seconds; guard calls run from milliseconds (a small model) to tens of seconds (long texts, a busy GPU).
+AGE_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BREAKER_VALUES = {"green": 0, "yellow": 1, "red": 2}
 
@@ -54,6 +58,7 @@ class LiveState:
     noload_latency_s: float | None = None  # with GUARDQ_CONCURRENCY=auto, once measured
     outage_s: float = 0.0  # how long the current guard outage has lasted (0: none)
     fallback: bool = False  # provisional verdicts are being given
+    ready: bool = True  # what /readyz answers
 
 
 class _LiveCollector(Collector):
@@ -83,6 +88,7 @@ class _LiveCollector(Collector):
         yield _gauge(
             "guardq_fetch_paused", "1 while fetching is paused (backpressure or open breaker)", state.paused
         )
+        yield _gauge("guardq_ready", "1 while the worker is ready (what /readyz answers)", state.ready)
         yield _gauge(
             "guardq_guard_outage_seconds",
             "Time since the current guard outage began (0: no outage)",
@@ -169,6 +175,19 @@ class Metrics:
         self.guard_errors = Counter(
             "guardq_guard_errors", "Failed guard calls, by error class", ["class"], registry=r
         )
+        self.verdict_age = Histogram(
+            "guardq_verdict_age_seconds",
+            "Publish to verdict: from the input record's timestamp to its final verdict being published",
+            buckets=AGE_BUCKETS_S,
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "guardq_build_info",
+            "Always 1; the labels say which guardq runs",
+            ["version", "python"],
+            registry=r,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
         self.guard_latency = Histogram(
             "guardq_guard_latency_seconds", "Guard call latency", buckets=LATENCY_BUCKETS_S, registry=r
         )
