@@ -53,7 +53,7 @@ POLICY = BreakerPolicy(cooldown_initial_s=0.01, cooldown_max_s=0.05, trial_calls
 
 async def test_open_fallback_and_back_each_post_one_json_document(receiver: tuple[Receiver, str]) -> None:
     state, url = receiver
-    webhook = AlertWebhook(url, worker="host-a:42", counts=lambda: {"parked": 3})
+    webhook = AlertWebhook(url, worker="host-a:42", counts=lambda: {"parked": 3}, quiet_s=0)
     breaker = CircuitBreaker(POLICY)
     breaker.watch(webhook.notify)
     for _ in range(POLICY.consecutive_failures):
@@ -143,13 +143,31 @@ async def _received(state: Receiver, count: int) -> bool:
 
 async def test_a_flapping_guard_does_not_flood_the_receiver(receiver: tuple[Receiver, str]) -> None:
     state, url = receiver
-    webhook = AlertWebhook(url, worker="w")
+    webhook = AlertWebhook(url, worker="w", quiet_s=0.3)
     for _ in range(10):
         webhook.notify("open", {"reason": "flap"})
         webhook.notify("back", {"outage_s": 0.1})
     webhook.notify("fallback", {"since_s": 60})
     webhook.notify("fallback", {"since_s": 120})
     await wait_until(lambda: _received(state, 4), timeout_s=5, what="four posts")
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
     await webhook.close()
-    assert sorted(body["state"] for body in state.bodies) == ["back", "fallback", "fallback", "open"]
+    # The first at once, fallbacks at once, and the latest of the rest when the quiet time was over.
+    assert [body["state"] for body in state.bodies] == ["open", "fallback", "fallback", "back"]
+
+
+async def test_the_receiver_always_hears_the_last_state(receiver: tuple[Receiver, str]) -> None:
+    state, url = receiver
+    webhook = AlertWebhook(url, worker="w", quiet_s=60)
+    webhook.notify("open", {})
+    webhook.notify("back", {})
+    webhook.notify("open", {})  # still down: the receiver must not be left believing "back"
+    await webhook.close()  # a waiting event is posted on close, unless the receiver heard it last
+    await wait_until(lambda: _received(state, 1), timeout_s=5, what="a post")
+    assert [body["state"] for body in state.bodies] == ["open"]
+    webhook = AlertWebhook(url, worker="w", quiet_s=60)
+    webhook.notify("open", {})
+    webhook.notify("back", {})  # the guard came back within the minute
+    await webhook.close()
+    await wait_until(lambda: _received(state, 3), timeout_s=5, what="three posts")
+    assert [body["state"] for body in state.bodies][-2:] == ["open", "back"]

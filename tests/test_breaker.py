@@ -122,11 +122,54 @@ async def test_trials_that_never_report_do_not_leave_it_half_open_forever() -> N
 
     prober = asyncio.create_task(breaker.run_prober(probe))
 
+    async def half_open() -> bool:
+        return breaker.state is BreakerState.HALF_OPEN
+
+    await wait_until(half_open, timeout_s=5, what="half-open")
+    await breaker.admit()  # a trial call whose caller never reports
+
     async def probed_twice() -> bool:
         return calls >= 2
 
     await wait_until(probed_twice, timeout_s=5, what="a second probe after the silent trial")
     prober.cancel()
+
+
+async def test_with_nothing_to_try_the_guard_a_good_probe_closes_it() -> None:
+    breaker = CircuitBreaker(BreakerPolicy(cooldown_initial_s=0.01, trial_calls=2, half_open_timeout_s=0.2))
+    for index in range(BreakerPolicy().consecutive_failures):
+        breaker.record(success=False, text=index)
+
+    async def probe() -> None:
+        return None
+
+    prober = asyncio.create_task(breaker.run_prober(probe))
+
+    async def closed() -> bool:
+        return breaker.state is BreakerState.CLOSED
+
+    await wait_until(closed, timeout_s=5, what="the breaker to close with no trial caller")
+    assert breaker.outage_s is None
+    prober.cancel()
+
+
+async def test_a_text_that_fails_its_trial_again_does_not_reopen_it() -> None:
+    breaker = CircuitBreaker(FAST)
+    for index in range(FAST.consecutive_failures):
+        breaker.record(success=False, text=index)
+    await _to_half_open(breaker)
+    await breaker.admit()
+    breaker.record(success=False, text="poison")  # the first failed trial: the guard, for all we know
+    assert breaker.is_open
+    await _to_half_open(breaker)
+    await breaker.admit()
+    breaker.record(success=False, text="poison")  # the same text again: its own fault
+    assert breaker.state is BreakerState.HALF_OPEN
+    await breaker.admit()  # its slot came back
+    breaker.record(success=True, text="other")
+    await breaker.admit()
+    breaker.record(success=True, text="other 2")
+    assert breaker.state is BreakerState.CLOSED
 
 
 def test_settings_set_every_rule_of_the_breaker() -> None:

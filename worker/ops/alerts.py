@@ -5,8 +5,9 @@ Each event is one JSON POST with a ``text`` line (what a Slack-style incoming we
 details for a generic receiver: ``state``, ``since`` (when the outage began), ``reason``, ``worker`` and
 ``counts``. Posts go out in the background with a timeout and no retries: a receiver that fails or hangs
 is logged, never waited for, and never stops the worker. At most a few posts are under way at once; an
-event beyond that is logged and dropped. A flapping guard does not flood the receiver: ``open`` and
-``back`` are sent at most once a minute each (``fallback`` always).
+event beyond that is logged and dropped. A flapping guard does not flood the receiver: at most one post
+a minute (``fallback`` always at once); what happened meanwhile is summed up by the latest state, posted
+when the minute is over, so the receiver's last message is always the current state.
 """
 
 from __future__ import annotations
@@ -60,22 +61,38 @@ class AlertWebhook:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._pending: set[asyncio.Task[None]] = set()
         self._quiet_s = quiet_s
-        self._last_sent: dict[str, float] = {}
+        self._last_state = ""  # the state the receiver heard last
+        self._last_at = -quiet_s
+        self._deferred: tuple[str, dict[str, Any]] | None = None
+        self._flush_handle: asyncio.TimerHandle | None = None
         self._session: aiohttp.ClientSession | None = None
         self.sent = 0
         self.failed = 0
 
     def notify(self, event: str, details: dict[str, Any]) -> None:
-        """Post ``event`` in the background (a breaker listener)."""
+        """Post ``event`` in the background (a breaker listener). Within a minute of the last post, the
+        event waits, and only the latest waiting one is posted when the minute is over (if it changes
+        what the receiver heard last); ``fallback`` is always posted at once."""
         now = time.monotonic()
-        last = self._last_sent.get(event)
-        if event != "fallback" and last is not None and now - last < self._quiet_s:
-            log.debug("alert webhook: %r sent %.0f s ago; not again yet", event, now - last)
+        if event == "fallback" or now - self._last_at >= self._quiet_s:
+            self._send(event, details)
             return
-        self._last_sent[event] = now
+        self._deferred = (event, details)
+        if self._flush_handle is None:
+            delay_s = self._last_at + self._quiet_s - now
+            self._flush_handle = asyncio.get_running_loop().call_later(delay_s, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None and deferred[0] != self._last_state:
+            self._send(*deferred)
+
+    def _send(self, event: str, details: dict[str, Any]) -> None:
         if len(self._pending) >= MAX_PENDING:
             log.warning("alert webhook: %d posts under way; dropping the %r alert", len(self._pending), event)
             return
+        self._last_state, self._last_at = event, time.monotonic()
         task = asyncio.get_running_loop().create_task(self._post(self.body(event, details)))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -116,7 +133,11 @@ class AlertWebhook:
         self.sent += 1
 
     async def close(self) -> None:
-        """Give posts under way a moment, then close."""
+        """Post a waiting event at once (the receiver hears the last state), give posts under way a
+        moment, then close."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush()
         if self._pending:
             await asyncio.wait(self._pending, timeout=1.0)
         for task in self._pending:

@@ -96,6 +96,7 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self._consecutive = 0
         self._run_texts: set[object] = set()  # the texts the current run of failures was for
+        self._trial_failed: set[object] = set()  # texts whose trial call failed in this outage
         self._window: deque[tuple[float, bool, object]] = deque()
         self._window_failures = 0  # kept with the window, so each call costs O(1)
         self._failing_texts: Counter[object] = Counter()  # failures in the window, by text
@@ -172,6 +173,7 @@ class CircuitBreaker:
             return
         lasted = self.outage_s or 0.0
         self._outage_since = None
+        self._trial_failed.clear()
         if self._fallback_timer is not None:
             self._fallback_timer.cancel()
             self._fallback_timer = None
@@ -213,9 +215,10 @@ class CircuitBreaker:
         refuses cannot pause the worker; it goes through the retry topics to a dead letter instead."""
         now = self._clock()
         text = object() if text is None else text  # unnamed: every call its own text
-        if success and self._state is not BreakerState.OPEN:
-            # A call admitted before the circuit opened may still succeed: only a call made while it is
-            # closed or half-open (a trial) says the guard is back.
+        if success and self._state is BreakerState.CLOSED:
+            # The outage ends when the circuit closes (trial calls succeeded) or with a success while
+            # closed (a guard down at start-up, found working): a stray success while open or half-open
+            # says nothing about the guard now.
             self._outage_over()
         self._window.append((now, success, text))
         if not success:
@@ -242,11 +245,14 @@ class CircuitBreaker:
             )
 
     def _record_trial(self, success: bool, text: object) -> None:
-        if not success and self._run_texts == {text}:
-            # Only this text has failed since the last success: the message, not the guard. Its trial
-            # slot goes back; it will end in a dead letter through its retries.
+        if not success and (self._trial_successes > 0 or text in self._trial_failed):
+            # Another trial succeeded, or this text already failed a trial in this outage: the message,
+            # not the guard. Its slot goes back; its own retries take it to the retry topics.
             self._trials_left += 1
+            self._pulse()
             return
+        if not success:
+            self._trial_failed.add(text)
         if not success:
             self._cooldown_s = min(self._cooldown_s * 2, self._policy.cooldown_max_s)
             self._open("a trial call failed")
@@ -283,6 +289,8 @@ class CircuitBreaker:
         self._state = BreakerState.HALF_OPEN
         self._trials_left = self._policy.trial_calls
         self._trial_successes = 0
+        self._consecutive = 0  # the trials judge the guard afresh: failures before the open do not count
+        self._run_texts.clear()
         self._opened.clear()
         self._settled.clear()
         self._pulse()
@@ -300,6 +308,7 @@ class CircuitBreaker:
         self._settled.set()
         self._pulse()
         log.info("guard circuit closed (green)")
+        self._outage_over()
 
     async def run_prober(self, probe: Callable[[], Awaitable[object]]) -> None:
         """While open, call ``probe`` after each cool-down; when it returns, turn half-open. Runs until cancelled."""
@@ -349,5 +358,10 @@ class CircuitBreaker:
                 self._policy.half_open_timeout_s
             ):  # keeps a cancellation, unlike wait_for
                 await self._settled.wait()
-        if self._state is BreakerState.HALF_OPEN:
+        if self._state is not BreakerState.HALF_OPEN:
+            return
+        if self._trials_left == self._policy.trial_calls:
+            # The probe succeeded and nothing came to try the guard (no message waiting): closed.
+            self._close()
+        else:
             self._open("trial calls did not finish in time")

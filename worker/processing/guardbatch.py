@@ -84,11 +84,11 @@ class GuardBatcher:
                 if batch:
                     await self._deliver(batch)
         except BaseException as exc:  # no slot (SlotRefused: a drain), or cancelled: nobody may hang
-            if self._forming is asyncio.current_task():
+            if self._forming is asyncio.current_task():  # not yet handed on: the waiting are ours
                 self._forming = None
-            waiting, self._waiting = self._waiting, []
-            for item in waiting:
-                _settle(item, exc)
+                waiting, self._waiting = self._waiting, []
+                for item in waiting:
+                    _settle(item, exc)
             if type(exc) is asyncio.CancelledError or not isinstance(exc, Exception | SlotRefused):
                 raise
 

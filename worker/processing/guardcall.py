@@ -9,7 +9,6 @@ it again; the chunk verdicts fold into one. Attempts are counted exactly, over e
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
@@ -208,7 +207,7 @@ class GuardCaller:
                 if len(requests) == 1 or exc.guard_down or exc.fatal:
                     raise
                 log.info("a batch of %d was refused (%s); sending its texts one by one", len(requests), exc)
-                answers = list(await asyncio.gather(*(self._alone(request) for request in requests)))
+                answers = [await self._alone(request) for request in requests]  # within this one slot
         for answer in answers:
             if isinstance(answer, GuardError):  # this text's own entry was bad; the guard answered
                 self._metrics.guard_errors.labels(type(answer).__name__).inc()
@@ -247,7 +246,8 @@ class GuardCaller:
             raise
         finally:
             self._metrics.guard_latency.observe(time.monotonic() - started)
-        self._breaker.record(success=True)
+        for _ in range(texts):  # every text answered is a success (a half-open trial each)
+            self._breaker.record(success=True)
         self._sample(started, overloaded=False)
         return answer
 

@@ -203,7 +203,12 @@ class Pipeline:
                 except GuardCallFailed as failed:
                     if not isinstance(failed.error, OutageFallback):
                         return await self._on_guard_failure(delivery, failed)
-                    built = self._provisional(delivery, request, attempts=delivery.carried + failed.attempts)
+                    attempts = delivery.carried + failed.attempts
+                    if delivery.force is not None:
+                        # A forced replay re-judges an id that has a final verdict: that verdict stands
+                        # (never replaced by a provisional one); the replay waits on the parked topic.
+                        return await self._send_to_parked(delivery, attempts)
+                    built = self._provisional(delivery, request, attempts=attempts)
                 else:
                     built = self._verdict(delivery, request, answer)
                 document = built.to_json()
@@ -259,16 +264,29 @@ class Pipeline:
         if not self._schedule.is_parked(delivery.record):  # a parked one had its provisional verdict
             await self._publish(delivery, message_id, stored, built_by=built)
             self._metrics.provisional_verdicts.labels(built.action).inc()
+        return await self._send_to_parked(delivery, built.attempts)
+
+    async def _send_to_parked(self, delivery: Delivery, attempts: int) -> Outcome:
+        """Send the record to the parked topic (it waits there for the guard); one the broker will not
+        take there (too large with guardq's headers) is dead-lettered with that reason instead."""
         hop = self._schedule.park(delivery.record)
-        error = OutageFallback("guard unavailable: parked with a provisional verdict")
+        error = OutageFallback("guard unavailable: parked until the guard is back")
 
         async def send() -> None:
             carried = await self._believed_headers(delivery)
             await self._outbox.retry_later(
-                delivery.record, delivery.span, error, attempts=built.attempts, hop=hop, carried=carried
+                delivery.record, delivery.span, error, attempts=attempts, hop=hop, carried=carried
             )
 
-        await until_available(send, what=f"parking {delivery.where} on {hop.topic}")
+        try:
+            await until_available(send, what=f"parking {delivery.where} on {hop.topic}")
+        except TOO_LARGE as exc:
+            log.warning("%s cannot be parked on %s (%s)", delivery.where, hop.topic, type(exc).__name__)
+            too_large = OutageFallback(
+                f"guard unavailable, and the record cannot be parked: {type(exc).__name__}"
+            )
+            await self._dead_letter(delivery, too_large, attempts=attempts)
+            return Outcome.DEAD_LETTERED
         self._metrics.parked.inc()
         delivery.span.set_attribute("guardq.parked", True)
         return Outcome.PARKED
