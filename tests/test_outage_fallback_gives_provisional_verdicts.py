@@ -24,6 +24,7 @@ from tests.helpers import (
 )
 from worker.config.settings import Settings
 from worker.dev.sim.verdicts import classify
+from worker.kafka import clients as kafka
 from worker.kafka.reading import records
 
 pytestmark = pytest.mark.integration
@@ -119,6 +120,7 @@ async def test_a_worker_killed_in_the_outage_still_delivers_every_final_verdict(
     documents = _documents()
     await guard_sim.configure(fail_503_rate=1.0)
     log = str(tmp_path / "worker.log")
+    await kafka.ensure_topics(settings)  # read below before the worker may have made them
     try:
         first = spawn_worker(settings, log)
         await publish(settings, documents)
