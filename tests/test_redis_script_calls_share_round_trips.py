@@ -5,6 +5,7 @@ does not hold (NOSCRIPT) loaded and run."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -98,3 +99,29 @@ async def test_a_renewal_that_crosses_a_save_does_not_report_the_lease_lost(
     await store.release(leases[2])  # gone without a verdict: that one is lost
     assert await store.renew_many(leases) == [True, True, False]
     assert 4000 < await redis.pttl(store.keys.lease("held")) <= 5000
+
+
+async def test_a_stored_provisional_verdict_neither_counts_as_done_nor_blocks_the_final_one(
+    redis: Redis, redis_prefix: str
+) -> None:
+    store = VerdictStore(redis, prefix=redis_prefix, verdict_ttl_s=600, lease_ttl_s=5)
+    digest = content_digest("prompt", None, "parked")
+    provisional = json.dumps(
+        {"id": "p", "provisional": True, "label": None, "content_sha256": digest}
+    ).encode()
+    final = json.dumps({"id": "p", "provisional": False, "label": "safe", "content_sha256": digest}).encode()
+    _, lease = await store.claim("p", digest)
+    assert lease is not None and await store.save(lease, provisional) == provisional
+    claim, again = await store.claim("p", digest)  # a provisional verdict is not a verdict: moderate
+    assert claim.state is ClaimState.ACQUIRED and again is not None
+    await store.release(again)
+    assert await store.renew_many([again]) == [False]  # lost: only a final verdict means "done"
+    _, lease = await store.claim("p", digest)
+    assert lease is not None and await store.save(lease, final) == final  # the final one replaces it
+    claim, lease = await store.claim("p", digest)
+    assert claim.state is ClaimState.VERDICT and lease is None  # a final verdict stands
+    # A worker that lost its lease and stores a provisional verdict after another stored the final one:
+    _, late = await store.claim("r", digest)
+    assert late is not None
+    await redis.set(store.keys.verdict("r"), final)
+    assert await store.save(late, provisional) == final  # the final one is kept and returned

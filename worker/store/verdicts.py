@@ -101,13 +101,21 @@ return {0, ''}
 """
 )
 
-# KEYS: lease, verdict. 1: renewed; 2: not held but the verdict is stored (its holder just saved it, in a
-# pipeline that crossed this renewal): nothing lost; 0: lost.
-_RENEW = """
+# KEYS: lease, verdict. 1: renewed; 2: not held but a final verdict is stored (its holder just saved it,
+# in a pipeline that crossed this renewal): nothing lost; 0: lost (a provisional verdict stored does not
+# count: the final moderation of a parked message is what the lease was for).
+_RENEW = (
+    _CONTENT_OF
+    + """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 2 end
+local verdict = redis.call('GET', KEYS[2])
+if verdict then
+  local _, provisional = facts_of(verdict)
+  if not provisional then return 2 end
+end
 return 0
 """
+)
 
 # Delete a key only while it holds ARGV[1]: a lease by its holder, a force token by its replay.
 _DELETE_IF = """
