@@ -106,7 +106,9 @@ def test_guard_switch_patches_and_verifies_through_the_service(tmp_path: Path) -
     result, log, colour = _switch(tmp_path, "green")
     assert result.returncode == 0, result.stderr
     assert _patches(log) == ["green"] and colour == "green"
-    assert f":{SVC_PORT}/v1/models" in log and "port-forward service/guard" in log
+    # Verified through the Service's own port-forward (its local port; the backgrounded stub may be
+    # stopped before it logs its own line).
+    assert f":{SVC_PORT}/v1/models" in log
 
 
 @pytest.mark.parametrize(
