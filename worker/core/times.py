@@ -11,6 +11,11 @@ def format_rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def epoch_rfc3339(seconds: float) -> str:
+    """``seconds`` since the epoch as RFC 3339 UTC with milliseconds."""
+    return format_rfc3339(datetime.fromtimestamp(seconds, UTC))
+
+
 def utc_now_rfc3339() -> str:
     """The current time as RFC 3339 UTC with milliseconds."""
     return format_rfc3339(datetime.now(UTC))

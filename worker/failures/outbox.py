@@ -12,7 +12,6 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Final
 
 from aiokafka import AIOKafkaProducer
@@ -27,7 +26,7 @@ from opentelemetry.trace import Span, SpanKind, Tracer
 
 from worker.core.errors import GuardqError, is_infrastructure
 from worker.core.messages import MAX_HEADER_BYTES, MAX_HEADERS, header_bytes
-from worker.core.times import format_rfc3339, utc_now_rfc3339
+from worker.core.times import epoch_rfc3339, utc_now_rfc3339
 from worker.failures.envelope import (
     DeadLetterEnvelope,
     Headers,
@@ -99,7 +98,7 @@ def _key_text(key: bytes | None) -> str | None:
 def record_time(timestamp_ms: object) -> str:
     """The record's timestamp as RFC 3339 UTC; the time of reading when it has none or a nonsense one."""
     try:
-        return format_rfc3339(datetime.fromtimestamp(int(timestamp_ms) / 1000, UTC))  # type: ignore[call-overload]
+        return epoch_rfc3339(int(timestamp_ms) / 1000)  # type: ignore[call-overload]
     except (TypeError, ValueError, OverflowError, OSError):
         return utc_now_rfc3339()
 

@@ -18,13 +18,12 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import aiohttp
 
 from worker.core.errors import one_line
-from worker.core.times import format_rfc3339
+from worker.core.times import epoch_rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ class AlertWebhook:
     def body(self, event: str, details: dict[str, Any]) -> dict[str, Any]:
         """The JSON document of one event."""
         outage_s = details.get("since_s", details.get("outage_s"))
-        since = format_rfc3339_epoch(time.time() - outage_s) if isinstance(outage_s, int | float) else None
+        since = epoch_rfc3339(time.time() - outage_s) if isinstance(outage_s, int | float) else None
         reason = details.get("reason")
         summary = _SUMMARY.get(event, event)
         text = f"guardq {self._worker}: {summary}" + (f" ({one_line(str(reason), 200)})" if reason else "")
@@ -144,8 +143,3 @@ class AlertWebhook:
             task.cancel()
         if self._session is not None:
             await self._session.close()
-
-
-def format_rfc3339_epoch(seconds: float) -> str:
-    """``seconds`` since the epoch as RFC 3339 UTC."""
-    return format_rfc3339(datetime.fromtimestamp(seconds, UTC))

@@ -271,20 +271,8 @@ class Pipeline:
         take there (too large with guardq's headers) is dead-lettered with that reason instead."""
         hop = self._schedule.park(delivery.record)
         error = OutageFallback("guard unavailable: parked until the guard is back")
-
-        async def send() -> None:
-            carried = await self._believed_headers(delivery)
-            await self._outbox.retry_later(
-                delivery.record, delivery.span, error, attempts=attempts, hop=hop, carried=carried
-            )
-
-        try:
-            await until_available(send, what=f"parking {delivery.where} on {hop.topic}")
-        except TOO_LARGE as exc:
-            log.warning("%s cannot be parked on %s (%s)", delivery.where, hop.topic, type(exc).__name__)
-            too_large = OutageFallback(
-                f"guard unavailable, and the record cannot be parked: {type(exc).__name__}"
-            )
+        if not await self._send_hop(delivery, error, attempts, hop):
+            too_large = OutageFallback("guard unavailable, and the record cannot be parked: too large")
             await self._dead_letter(delivery, too_large, attempts=attempts)
             return Outcome.DEAD_LETTERED
         self._metrics.parked.inc()
@@ -316,6 +304,17 @@ class Pipeline:
             error,
         )
 
+        if not await self._send_hop(delivery, error, attempts, hop):
+            return False
+        self._metrics.retry_hops.labels(hop.topic).inc()
+        delivery.span.set_attribute("guardq.retry.hop", hop.number)
+        return True
+
+    async def _send_hop(self, delivery: Delivery, error: GuardqError, attempts: int, hop: Hop) -> bool:
+        """Send the record, bytes unchanged, to ``hop``'s topic (a retry topic, or the parked one) with
+        guardq's headers, waiting out a broker outage; False when the broker will not take it (too large
+        with those headers)."""
+
         async def send() -> None:
             carried = await self._believed_headers(delivery)
             await self._outbox.retry_later(
@@ -327,8 +326,6 @@ class Pipeline:
         except TOO_LARGE as exc:
             log.warning("%s cannot go to %s (%s)", delivery.where, hop.topic, type(exc).__name__)
             return False
-        self._metrics.retry_hops.labels(hop.topic).inc()
-        delivery.span.set_attribute("guardq.retry.hop", hop.number)
         return True
 
     async def _store_verdict(self, lease: Lease, document: bytes, *, force_token: str | None) -> bytes:
