@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from worker.app import Worker
 from worker.config.settings import Settings
 from worker.guard.base import GuardBackend
-from worker.kafka.publish import Published, Publisher
+from worker.kafka.publish import Published, InputProducer
 from worker.kafka.reading import records
 from worker.schemas import schema
 from worker.store.keys import RedisKeys
@@ -132,13 +132,13 @@ async def running_worker(
 
 async def publish(settings: Settings, documents: Iterable[dict[str, Any]]) -> list[Published]:
     """Publish validated requests to the input topic."""
-    async with Publisher(settings) as publisher:
+    async with InputProducer(settings) as publisher:
         return [await publisher.publish(document) for document in documents]
 
 
 async def publish_raw(settings: Settings, items: Iterable[tuple[bytes | None, bytes]]) -> None:
     """Publish (key, value) bytes to the input topic without validation."""
-    async with Publisher(settings) as publisher:
+    async with InputProducer(settings) as publisher:
         for key, value in items:
             await publisher.publish_raw(key, value)
 

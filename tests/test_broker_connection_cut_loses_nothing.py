@@ -29,7 +29,7 @@ from tests.helpers import (
 )
 from worker.config.settings import Settings
 from worker.dev import stack
-from worker.kafka.publish import Published, Publisher
+from worker.kafka.publish import Published, InputProducer
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +63,7 @@ async def publish_stream(settings: Settings, ids: list[str]) -> list[Published]:
     """Publish one message at a time at a steady pace, through whatever the network does meanwhile."""
     sent: list[Published] = []
     # One producer for the whole stream, as a service would have: it rides out the cut by retrying.
-    async with Publisher(settings) as publisher:
+    async with InputProducer(settings) as publisher:
         for message_id in ids:
             sent.append(await publisher.publish({"id": message_id, "text": f"broker cut {message_id}"}))
             await asyncio.sleep(PUBLISH_GAP_S)

@@ -25,7 +25,7 @@ from tests.s3server import LocalS3
 from worker.config.settings import Settings
 from worker.dev import stack
 from worker.kafka import clients as kafka
-from worker.kafka.publish import Publisher
+from worker.kafka.publish import InputProducer
 from worker.kafka.reading import records
 
 pytestmark = pytest.mark.integration
@@ -86,7 +86,7 @@ class StreamPublisher:
 
     async def run(self, *, deadline_s: float) -> None:
         deadline = time.monotonic() + deadline_s
-        async with Publisher(self.settings) as publisher:
+        async with InputProducer(self.settings) as publisher:
             for message_id in self.ids:
                 document = {"id": message_id, "text": f"durable broker test {message_id}"}
                 while time.monotonic() < deadline:

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from worker.core.errors import InvalidInput
-from worker.core.messages import MAX_ID_CHARS, ModerationRequest, Verdict, content_digest, parse_request
+from worker.core.messages import MAX_ID_CHARS, ModerationRequest, content_digest, parse_request
+from worker.core.verdict import Verdict
 from worker.failures.envelope import REASONS
 
 LIMIT = 1000

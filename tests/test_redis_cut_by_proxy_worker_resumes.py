@@ -27,7 +27,7 @@ from tests.helpers import (
 )
 from worker.config.settings import Settings
 from worker.dev.sim.faults import content_key
-from worker.kafka.publish import Publisher
+from worker.kafka.publish import InputProducer
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ def through(redis_url: str, proxy: FaultProxy) -> str:
 
 async def publish_stream(settings: Settings, texts: dict[str, str]) -> int:
     """Publish one message at a time at a steady pace; returns how many were published."""
-    async with Publisher(settings) as publisher:
+    async with InputProducer(settings) as publisher:
         for message_id, text in texts.items():
             await publisher.publish({"id": message_id, "text": text})
             await asyncio.sleep(PUBLISH_GAP_S)

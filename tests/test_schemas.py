@@ -13,8 +13,9 @@ from jsonschema import Draft202012Validator
 from opentelemetry.sdk.trace import TracerProvider
 
 from worker.core.errors import GuardRejected, GuardUnavailable, InvalidInput
-from worker.core.messages import ProvisionalVerdict, Verdict, parse_request
+from worker.core.messages import parse_request
 from worker.core.times import format_rfc3339, utc_now_rfc3339
+from worker.core.verdict import ProvisionalVerdict, Verdict
 from worker.dev.demo import DEMO_MAX_TEXT_CHARS
 from worker.failures.envelope import REASONS, DeadLetterEnvelope, carried_headers, format_history_entry
 from worker.kafka.reading import render

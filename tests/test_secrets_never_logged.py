@@ -28,7 +28,7 @@ from tests.helpers import GuardSim, collect, start_guard_sim, stop_process, wait
 from tests.spans import recording_provider, worker_with_provider
 from worker.config.settings import Settings
 from worker.dev import stack
-from worker.kafka.publish import Publisher
+from worker.kafka.publish import InputProducer
 from worker.telemetry import logs
 
 pytestmark = pytest.mark.integration
@@ -131,7 +131,7 @@ async def test_secrets_and_texts_never_reach_logs_or_spans(
     provider, exporter = recording_provider()
     with captured_logs() as buffer:
         async with worker_with_provider(settings, provider):
-            async with Publisher(settings, tracer_provider=provider) as publisher:
+            async with InputProducer(settings, tracer_provider=provider) as publisher:
                 for document in documents:
                     await publisher.publish(document)
                 for key, value in raw:
@@ -295,7 +295,7 @@ async def test_guard_error_that_quotes_the_input_does_not_put_the_text_in_the_lo
     provider, _ = recording_provider()
     with captured_logs() as buffer:
         async with worker_with_provider(settings, provider):
-            async with Publisher(settings, tracer_provider=provider) as publisher:
+            async with InputProducer(settings, tracer_provider=provider) as publisher:
                 await publisher.publish({"id": "m-echo", "text": f"quoted back {word}"})
             (dead,) = await collect(settings, settings.dlq_topic, count=1, timeout_s=30)
     assert dict(dead.headers)["guardq.error.reason"] == b"guard_rejected"
@@ -335,7 +335,7 @@ async def test_redis_password_variable_authenticates_the_worker(
     )
     provider, _ = recording_provider()
     async with worker_with_provider(settings, provider):
-        async with Publisher(settings, tracer_provider=provider) as publisher:
+        async with InputProducer(settings, tracer_provider=provider) as publisher:
             await publisher.publish({"id": "m-pw", "text": "hello"})
         found = await collect(settings, settings.verdict_topic, count=1, timeout_s=30)
     assert [record.key for record in found] == [b"m-pw"]

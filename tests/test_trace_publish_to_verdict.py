@@ -15,7 +15,7 @@ from opentelemetry.trace import SpanKind
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, collect, wait_for_verdicts, wait_until
 from tests.spans import attrs, find, parent_hex, recording_provider, span_hex, trace_hex, worker_with_provider
-from worker.kafka.publish import Publisher
+from worker.kafka.publish import InputProducer
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ async def test_one_trace_runs_from_publish_through_guard_and_store_to_the_verdic
     text = f"please trace this bread recipe {uuid.uuid4().hex}"
     process_name = f"{settings.input_topic} process"
     async with worker_with_provider(settings, provider):
-        async with Publisher(settings, tracer_provider=provider) as publisher:
+        async with InputProducer(settings, tracer_provider=provider) as publisher:
             sent = await publisher.publish({"id": "traced-1", "text": text})
         verdict = (await wait_for_verdicts(settings, ["traced-1"], timeout_s=30))["traced-1"]
 

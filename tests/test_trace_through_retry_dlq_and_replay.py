@@ -16,7 +16,7 @@ from tests.spans import attrs, find, parent_hex, recording_provider, span_hex, t
 from worker.failures.envelope import DeadLetterEnvelope
 from worker.failures.listing import Filter
 from worker.failures.replay import ReplayOptions, replay
-from worker.kafka.publish import Publisher
+from worker.kafka.publish import InputProducer
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ async def test_trace_id_is_kept_through_a_retry_hop_the_dlq_and_a_replay(
     text = f"flaky guard [[sim:503x2]] {uuid.uuid4().hex}"
     input_process, hop_process = f"{settings.input_topic} process", f"{settings.retry_topics[0]} process"
     async with worker_with_provider(settings, provider):
-        async with Publisher(settings, tracer_provider=provider) as publisher:
+        async with InputProducer(settings, tracer_provider=provider) as publisher:
             sent = await publisher.publish({"id": "hops", "text": text})
         (dead,) = await collect(settings, settings.dlq_topic, count=1, timeout_s=30)
         envelope = DeadLetterEnvelope.from_headers(dead.headers)

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from worker.config.settings import Settings, SettingsError
-from worker.core.messages import stored_for_publish
 from worker.core.policy import Policy, parse_overrides
+from worker.core.verdict import stored_for_publish
 
 
 def _policy(**env: str) -> Policy:

@@ -105,7 +105,7 @@ class Worker:
             if settings.create_topics == "auto":
                 await kafka.ensure_topics(settings)  # one metadata request when the topics exist
             redis, store, probe_store = self._stores(stack)
-            producer = kafka.make_producer(settings)
+            producer = await kafka.producer_for(settings)
             consumer = kafka.make_consumer(settings, group_id=settings.group_id)
             # Stopped in reverse: the consumer leaves its group first, the producer flushes after it.
             stack.push_async_callback(guard.stop)

@@ -13,23 +13,22 @@ from worker.config.settings import SPECS, Settings, overrides_from
 from worker.config.values import _http_url
 from worker.core.times import parse_rfc3339
 
-CONNECTION_FIELDS = {
-    "kafka_bootstrap",
-    "redis_url",
-    "input_topic",
-    "verdict_topic",
-    "dlq_topic",
-    "max_text_chars",
-}
-CONNECTION_FIELDS |= {
-    spec.field
-    for spec in SPECS
-    if spec.field.startswith(("kafka_sasl", "kafka_ssl", "kafka_sec", "redis_tls", "redis_password"))
-}
+# The settings each command reads, so its --help lists those and no others.
+KAFKA_FIELDS = {spec.field for spec in SPECS if spec.field.startswith("kafka_")}
+REDIS_FIELDS = {spec.field for spec in SPECS if spec.field.startswith("redis_")}
+TOPIC_FIELDS = {"input_topic", "verdict_topic", "dlq_topic"}
 
 
 class UsageError(Exception):
     """A one-line problem with what the user asked for (exit code 2)."""
+
+
+# The exit codes of every command (the README's table).
+EXIT_OK = 0
+EXIT_FAILED = 1  # a service failed or could not be reached, a worker is not ready, input was refused
+EXIT_USAGE = 2  # bad usage or configuration
+EXIT_GUARD_CONFIG = 3  # the worker stopped on a fatal guard configuration error
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

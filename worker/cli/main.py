@@ -1,7 +1,8 @@
 """`guardq` subcommands: argument parsing and exit codes only; the work happens in the modules they call.
 
-Exit codes: 0 success, 1 a service could not be reached or failed, 2 bad usage or configuration,
-3 the worker stopped on a fatal guard configuration error.
+Exit codes (``worker.cli.args``, the README's table): 0 success; 1 a service failed or could not be
+reached, a worker is not ready, input was refused; 2 bad usage or configuration; 3 the worker stopped on a
+fatal guard configuration error; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from typing import TYPE_CHECKING
 
 from worker import __version__
 from worker.cli.args import (
-    CONNECTION_FIELDS,
+    EXIT_FAILED,
+    EXIT_GUARD_CONFIG,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    KAFKA_FIELDS,
+    TOPIC_FIELDS,
     OneLineParser,
     UsageError,
     command,
@@ -33,7 +40,7 @@ from worker.config.settings import Settings, SettingsError, add_flags
 from worker.telemetry.tracing import TracingConfigError
 
 if TYPE_CHECKING:
-    pass
+    from worker.kafka.publish import Published
 
 log = logging.getLogger("guardq")
 
@@ -45,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from worker.telemetry import logs
 
     settings = settings_from(args)
-    logs.configure(args.log_level, secrets=logs.secrets_of(settings))
+    logs.configure(settings.log_level, secrets=logs.secrets_of(settings))
     from worker.ops import eventloop
 
     return eventloop.run(_run_worker(settings))
@@ -75,16 +82,17 @@ async def _run_worker(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     worker = Worker(settings)
+    log.info("settings: %s", json.dumps(settings.redacted(), default=str, separators=(",", ":")))
     await kafka.wait_for_broker(settings, timeout_s=60)
     await worker.run(stop)
-    return 0
+    return EXIT_OK
 
 
 # -- publish / tail / topics ------------------------------------------------------------------------
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    """Publish JSONL lines to the input topic; bad lines are reported by number and skipped."""
+    """Publish JSONL lines to the input topic; bad lines are reported by number and skipped (exit 1)."""
     settings = settings_from(args)
     if args.file == "-":
         lines = sys.stdin.buffer.read().splitlines()
@@ -94,25 +102,36 @@ def cmd_publish(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
     sent, bad = asyncio.run(_publish(settings, lines))
-    print(
-        f"published {sent} message(s) to {settings.input_topic}"
-        + (f"; skipped {bad} bad line(s)" if bad else "")
-    )
-    return 0 if sent or not bad else 2
+    if args.json:
+        print(json.dumps({"topic": settings.input_topic, "published": sent, "skipped": bad}))
+    else:
+        print(
+            f"published {sent} message(s) to {settings.input_topic}"
+            + (f"; skipped {bad} bad line(s)" if bad else "")
+        )
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+# Requests queued before their acknowledgements are awaited: they share batches, and memory stays bounded.
+PUBLISH_WINDOW = 1000
 
 
 async def _publish(settings: Settings, lines: Sequence[bytes]) -> tuple[int, int]:
-    from worker.kafka.publish import BadLine, Publisher, read_jsonl
+    from worker.kafka.publish import BadLine, InputProducer, read_jsonl
 
     sent = bad = 0
-    async with Publisher(settings) as publisher:
+    async with InputProducer(settings) as producer:
+        pending: list[asyncio.Future[Published]] = []
         for item in read_jsonl(lines, settings.max_text_chars):
             if isinstance(item, BadLine):
                 bad += 1
                 print(f"line {item.line}: {item.error}", file=sys.stderr)
                 continue
-            await publisher.publish(item)
-            sent += 1
+            pending.append(await producer.enqueue(item))
+            if len(pending) >= PUBLISH_WINDOW:
+                sent += len(await asyncio.gather(*pending))
+                pending = []
+        sent += len(await asyncio.gather(*pending))
     return sent, bad
 
 
@@ -140,9 +159,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         )
     except LookupError as exc:
         raise UsageError(str(exc).strip("'\"")) from None
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return EXIT_OK
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -151,9 +168,13 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     created = asyncio.run(kafka.ensure_topics(settings))
-    for name in kafka.worker_topics(settings):
-        print(f"{name:<48} {'created' if name in created else 'exists'}")
-    return 0
+    states = {name: "created" if name in created else "exists" for name in kafka.worker_topics(settings)}
+    if args.json:
+        print(json.dumps([{"topic": name, "state": state} for name, state in states.items()]))
+    else:
+        for name, state in states.items():
+            print(f"{name:<48} {state}")
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -165,7 +186,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     url = args.url or f"http://127.0.0.1:{settings.http_port}"
     worker, broker = asyncio.run(gather_status(settings, url))
     print(json.dumps(as_json(url, worker, broker), indent=2) if args.json else render(url, worker, broker))
-    return 0 if not isinstance(worker, str) else 1
+    healthy = isinstance(worker, dict) and bool(worker.get("ready")) and not isinstance(broker, str)
+    return EXIT_OK if healthy else EXIT_FAILED
 
 
 # -- stack / demo / guard-sim -----------------------------------------------------------------------
@@ -177,6 +199,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     directory = Path(args.dir)
+    healthy = True
     if args.action == "up":
         _, report = stack.stack_up(
             directory, bootstrap=settings.kafka_bootstrap, redis_url=settings.redis_url
@@ -184,11 +207,27 @@ def cmd_stack(args: argparse.Namespace) -> int:
     elif args.action == "down":
         report = stack.stack_down(directory)
     else:
-        report = stack.stack_status(
+        healthy, report = stack.stack_status(
             directory, bootstrap=settings.kafka_bootstrap, redis_url=settings.redis_url
         )
     print("\n".join(report))
-    return 0
+    return EXIT_OK if healthy else EXIT_FAILED
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the effective settings (defaults, environment, flags), secrets hidden."""
+    from worker.config.settings import SPECS
+
+    settings = settings_from(args)
+    shown = settings.redacted()
+    if args.json:
+        print(json.dumps(shown, default=str, indent=2))
+        return EXIT_OK
+    for spec in SPECS:
+        value = shown[spec.field]
+        text = ",".join(value) if isinstance(value, tuple) else "" if value is None else str(value)
+        print(f"{spec.env:<40} {text}")
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -212,30 +251,41 @@ def build_parser() -> argparse.ArgumentParser:
     """The `guardq` argument parser."""
     from worker.dev.sim.config import configure_parser as configure_sim
 
-    parser = OneLineParser(prog="guardq", description="Kafka moderation worker for LLM traffic.")
+    parser = OneLineParser(
+        prog="guardq",
+        description="Kafka moderation worker for LLM traffic.",
+        epilog="Exit codes: 0 ok, 1 failure or not ready, 2 usage, 3 guard configuration, 130 interrupted.",
+    )
     parser.add_argument("--version", action="version", version=f"guardq {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    kafka_and_topics = KAFKA_FIELDS | TOPIC_FIELDS
 
-    run = command(sub, "run", cmd_run, "run the worker (every setting is an env var and a flag)")
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run = command(sub, "run", cmd_run, "run the worker (every setting is an env var; most are flags too)")
     add_flags(run)
 
     publish = command(
         sub, "publish", cmd_publish, "publish JSONL requests (FILE or - for stdin) to the input topic"
     )
     publish.add_argument("file", nargs="?", default="-", metavar="FILE|-")
-    add_flags(publish, only=CONNECTION_FIELDS)
+    publish.add_argument("--json", action="store_true", help="print the counts as JSON")
+    add_flags(publish, only=KAFKA_FIELDS | {"input_topic", "max_text_chars"})
 
     tail = command(sub, "tail", cmd_tail, "print a topic as JSON lines (default: verdicts, from now on)")
     tail.add_argument("--topic", default="verdicts", help="verdicts, dlq, input or a topic name")
     tail.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
     tail.add_argument("--max", type=non_negative_int, default=None, metavar="N", help="stop after N records")
     tail.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S seconds in all")
-    add_flags(tail, only=CONNECTION_FIELDS)
+    add_flags(tail, only=kafka_and_topics)
 
     topics = command(sub, "topics", cmd_topics, "manage guardq's topics")
-    topics.add_argument("action", choices=["create"], help="create the input, verdict, DLQ and retry topics")
-    add_flags(topics, only=CONNECTION_FIELDS | {"topic_partitions", "topic_replication", "retry_schedule"})
+    topics.add_argument(
+        "action", choices=["create"], help="create the input, verdict, DLQ, retry and parked topics"
+    )
+    topics.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_flags(
+        topics,
+        only=kafka_and_topics | {"topic_partitions", "topic_replication", "retry_schedule", "dlq_retention"},
+    )
 
     add_dlq_commands(sub)
     add_guard_commands(sub)
@@ -245,7 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--url", default=None, help="the worker's HTTP address (default http://127.0.0.1:GUARDQ_HTTP_PORT)"
     )
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    add_flags(status, only=CONNECTION_FIELDS | {"group_id", "retry_schedule", "http_port"})
+    add_flags(status, only=kafka_and_topics | {"group_id", "retry_schedule", "http_port"})
+
+    config = command(sub, "config", cmd_config, "print the effective settings, secrets hidden")
+    config.add_argument("--json", action="store_true", help="print JSON instead of VARIABLE value lines")
+    add_flags(config)
 
     stack = command(sub, "stack", cmd_stack, "start/stop a local broker + Redis in the background")
     stack.add_argument("action", choices=["up", "down", "status"])
@@ -268,7 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `guardq` command."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     if args.command != "run":
         # Client libraries log connection trouble on their own; these commands report it in one line.
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -277,9 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except (SettingsError, UsageError, MissingExtra, TracingConfigError) as exc:
         print(f"guardq: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # the last line of defence: one clear line, no traceback wall
         return _report_failure(exc)
 
@@ -302,7 +360,7 @@ def _report_failure(exc: Exception) -> int:
     print(f"guardq: {kind}: {message}", file=sys.stderr)
     if os.environ.get("GUARDQ_DEBUG"):
         raise exc
-    return 3 if fatal else 1
+    return EXIT_GUARD_CONFIG if fatal else EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -9,12 +9,20 @@ message naming the variable.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from dataclasses import field as dataclass_field
 from typing import Any
 from urllib.parse import urlparse
 
+from worker.config.checks import check
+from worker.config.spec import SettingsError as SettingsError
+from worker.config.spec import (
+    Spec,
+    mask_url_password,
+    secret_from_file,
+    setting,
+    spelling_of_none,
+)
 from worker.config.values import (
     _action,
     _backend,
@@ -27,6 +35,8 @@ from worker.config.values import (
     _concurrency,
     _create_topics,
     _http_url,
+    _idempotence,
+    _log_level,
     _non_negative_float,
     _optional_file,
     _optional_http_url,
@@ -39,6 +49,7 @@ from worker.config.values import (
     _rate,
     _redis_url,
     _replication,
+    _retention_ms,
     _retry_schedule,
     _sasl_mechanism,
     _security_protocol,
@@ -47,52 +58,7 @@ from worker.config.values import (
     parse_duration_s,
 )
 from worker.core.policy import Policy, overrides_map, parse_action
-from worker.core.taxonomies import CATEGORIES, DEFAULT_MODELS
-
-
-class SettingsError(ValueError):
-    """A setting has a bad value; the message is one line naming the variable."""
-
-
-@dataclass(frozen=True)
-class Spec:
-    """How one setting is read: environment variable, default, parser and help text."""
-
-    field: str
-    env: str
-    default: str
-    parse: Callable[[str], Any]
-    help: str
-    secret: bool = False
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.env.removeprefix("GUARDQ_").lower().replace("_", "-")
-
-
-def setting(default: str, parse: Callable[[str], Any], help: str, *, secret: bool = False) -> Any:
-    """Declare one field of ``Settings``: the default (as its variable would spell it), the parser that
-    turns the text into the field's value (raising ``ValueError``), a help line, and whether it is secret."""
-    return dataclass_field(metadata={"setting": (default, parse, help, secret)})
-
-
-def _spelling_of_none(spec: Spec) -> str | None:
-    """How a setting left unset (None) is written when its default is not None (``auto``): None when
-    dropping the variable gives None already."""
-    if spec.parse(spec.default) is None:
-        return None
-    for candidate in ("auto", ""):
-        try:
-            if spec.parse(candidate) is None:
-                return candidate
-        except ValueError:
-            continue
-    raise ValueError(f"{spec.env} has no spelling for an unset value")
-
-
-def _key_needs_cert(key_env: str, keyfile: str | None, cert_env: str, certfile: str | None) -> None:
-    if keyfile and not certfile:
-        raise SettingsError(f"{key_env} needs {cert_env} (the key's certificate)")
+from worker.core.taxonomies import DEFAULT_MODELS
 
 
 @dataclass(frozen=True)
@@ -102,8 +68,9 @@ class Settings:
     Each field is one setting, declared here once: its type, default, parser and help. Its environment
     variable is ``GUARDQ_<FIELD>`` and its `guardq run` flag ``--<field>`` (``SPECS`` lists them)."""
 
+    log_level: str = setting("INFO", _log_level, "DEBUG, INFO, WARNING or ERROR (any case)")
     kafka_bootstrap: str = setting("127.0.0.1:9092", _bootstrap, "bootstrap servers")
-    redis_url: str = setting("redis://127.0.0.1:6379/0", _redis_url, "verdict store", secret=True)
+    redis_url: str = setting("redis://127.0.0.1:6379/0", _redis_url, "verdict store", url=True)
     redis_prefix: str = setting("guardq:", _text, "Redis key prefix")
     guard_backend: str = setting(
         "qwen3guard", _backend, "qwen3guard, llamaguard, openai-moderation or local (offline demo)"
@@ -166,6 +133,9 @@ class Settings:
     )
     topic_partitions: int = setting("8", _positive_int, "partitions of created topics")
     topic_replication: int | None = setting("auto", _replication, "replicas of created topics")
+    dlq_retention: int = setting(
+        "forever", _retention_ms, "retention of a created dead-letter topic: forever, or a duration like 30d"
+    )
     verdict_ttl_s: int = setting("604800", _positive_int, "verdict TTL (dedup window)")
     shutdown_timeout_s: float = setting("20", _positive_float, "graceful drain deadline")
     retry_schedule: tuple[str, ...] = setting("10s,1m,10m", _retry_schedule, "delayed retry topics")
@@ -189,10 +159,21 @@ class Settings:
     max_inflate_mb: int = setting(
         "64", _positive_int, "a fetched batch that inflates past this is dead-lettered undecodable"
     )
-    kafka_security_protocol: str = setting("PLAINTEXT", _security_protocol, "Kafka")
-    kafka_sasl_mechanism: str | None = setting("", _sasl_mechanism, "PLAIN, SCRAM-SHA-256/512")
-    kafka_sasl_username: str | None = setting("", _optional_text, "SASL user")
-    kafka_sasl_password: str | None = setting("", _optional_text, "SASL password", secret=True)
+    kafka_client_id: str = setting(
+        "guardq", _text, "client.id of guardq's Kafka clients (broker logs, quotas, ACL audits)"
+    )
+    kafka_idempotence: str = setting(
+        "auto", _idempotence, "idempotent producer: auto (on when the broker supports it), true or false"
+    )
+    kafka_security_protocol: str = setting(
+        "PLAINTEXT", _security_protocol, "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_mechanism: str | None = setting("", _sasl_mechanism, "PLAIN, SCRAM-SHA-256/512 or OAUTHBEARER")
+    kafka_sasl_username: str | None = setting("", _optional_text, "SASL user (PLAIN, SCRAM)")
+    kafka_sasl_password: str | None = setting("", _optional_text, "SASL password (PLAIN, SCRAM)", secret=True)
+    kafka_sasl_oauth_token_file: str | None = setting(
+        "", _optional_file, "OAUTHBEARER: a file holding the token, read again at each connection"
+    )
     kafka_ssl_cafile: str | None = setting("", _optional_file, "CA bundle for Kafka TLS")
     kafka_ssl_certfile: str | None = setting("", _optional_file, "client certificate")
     kafka_ssl_keyfile: str | None = setting("", _optional_file, "client key")
@@ -216,71 +197,24 @@ class Settings:
             default = spec.default
             if spec.field == "guard_model":  # each backend names its own model by default
                 default = DEFAULT_MODELS[values["guard_backend"]]
-            raw = flagged if flagged is not None else env.get(spec.env, default)
+            # The error names what the user set: the flag, the variable, or the variable's file.
+            named, raw = spec.env, env.get(spec.env, default)
+            if flagged is not None:
+                named, raw = spec.flag, flagged
+                if spec.url and urlparse(flagged).password:
+                    raise SettingsError(
+                        f"{spec.flag} carries a password, which any user of the machine can read (ps, "
+                        f"shell history): give that URL in {spec.env} instead"
+                    )
+            elif spec.secret and (from_file := secret_from_file(spec, env)) is not None:
+                named, raw = spec.file_env, from_file
             try:
                 values[spec.field] = spec.parse(raw)
             except ValueError as exc:
-                shown = "<hidden>" if spec.secret else repr(raw)
-                raise SettingsError(f"{spec.env}={shown}: {exc}") from None
+                raise SettingsError(f"{named}={spec.shown(raw)}: {exc}") from None
         settings = cls(**values)
-        settings._check_consistency()
+        check(settings)
         return settings
-
-    def _check_consistency(self) -> None:
-        if self.concurrency_min > self.concurrency_max:
-            raise SettingsError("GUARDQ_CONCURRENCY_MIN must not exceed GUARDQ_CONCURRENCY_MAX")
-        topics = [self.input_topic, self.verdict_topic, self.dlq_topic]
-        if len(set(topics)) != len(topics):
-            raise SettingsError("GUARDQ_INPUT_TOPIC, GUARDQ_VERDICT_TOPIC and GUARDQ_DLQ_TOPIC must differ")
-        if self.kafka_security_protocol.startswith("SASL") and not (
-            self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
-        ):
-            raise SettingsError(
-                "GUARDQ_KAFKA_SECURITY_PROTOCOL=SASL_*: set GUARDQ_KAFKA_SASL_MECHANISM, _USERNAME and _PASSWORD"
-            )
-        self._check_security()
-        known = CATEGORIES[self.guard_backend]
-        if unknown := self.policy.unknown_categories(known):
-            raise SettingsError(
-                f"GUARDQ_POLICY_CATEGORIES names {unknown[0]!r}, not a category of "
-                f"GUARDQ_GUARD_BACKEND={self.guard_backend} (its categories: {', '.join(known)})"
-            )
-
-    def _check_security(self) -> None:
-        """Security options that would be silently ignored, or that contradict each other, are errors."""
-        protocol = self.kafka_security_protocol
-        kafka_tls = (self.kafka_ssl_cafile, self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
-        if any(kafka_tls) and protocol not in {"SSL", "SASL_SSL"}:
-            raise SettingsError(
-                f"GUARDQ_KAFKA_SSL_* is set but GUARDQ_KAFKA_SECURITY_PROTOCOL={protocol} uses no TLS"
-            )
-        sasl = (self.kafka_sasl_mechanism, self.kafka_sasl_username, self.kafka_sasl_password)
-        if any(sasl) and not protocol.startswith("SASL"):
-            raise SettingsError(
-                f"GUARDQ_KAFKA_SASL_* is set but GUARDQ_KAFKA_SECURITY_PROTOCOL={protocol} uses no SASL"
-            )
-        _key_needs_cert(
-            "GUARDQ_KAFKA_SSL_KEYFILE",
-            self.kafka_ssl_keyfile,
-            "GUARDQ_KAFKA_SSL_CERTFILE",
-            self.kafka_ssl_certfile,
-        )
-        _key_needs_cert(
-            "GUARDQ_REDIS_TLS_KEY_FILE",
-            self.redis_tls_key_file,
-            "GUARDQ_REDIS_TLS_CERT_FILE",
-            self.redis_tls_cert_file,
-        )
-        url = urlparse(self.redis_url)
-        redis_tls = (self.redis_tls_ca_file, self.redis_tls_cert_file, self.redis_tls_key_file)
-        if (any(redis_tls) or not self.redis_tls_verify) and url.scheme != "rediss":
-            raise SettingsError("GUARDQ_REDIS_TLS_* needs a rediss:// GUARDQ_REDIS_URL")
-        if self.redis_password and url.password:
-            raise SettingsError(
-                "set the Redis password in GUARDQ_REDIS_URL or in GUARDQ_REDIS_PASSWORD, not both"
-            )
-        if self.guard_ca_file and not self.guard_url.startswith("https://"):
-            raise SettingsError("GUARDQ_GUARD_CA_FILE needs an https:// GUARDQ_GUARD_URL")
 
     @property
     def policy(self) -> Policy:
@@ -311,6 +245,11 @@ class Settings:
     def retry_topics(self) -> tuple[str, ...]:
         """Delayed retry topics, one per step of the retry schedule: ``<input>.retry.<delay>``."""
         return tuple(f"{self.input_topic}.retry.{step}" for step in self.retry_schedule)
+
+    @property
+    def retry_delays_s(self) -> tuple[float, ...]:
+        """The delay of each retry topic, in seconds."""
+        return tuple(parse_duration_s(step) for step in self.retry_schedule)
 
     @property
     def max_buffered_bytes(self) -> int:
@@ -350,7 +289,7 @@ class Settings:
         for spec in SPECS:
             value = getattr(self, spec.field)
             if value is None:
-                spelled = _spelling_of_none(spec)
+                spelled = spelling_of_none(spec)
                 if spelled is None:
                     env.pop(spec.env, None)  # the default is unset too
                 else:
@@ -361,11 +300,14 @@ class Settings:
 
     def redacted(self) -> dict[str, Any]:
         """Settings for display, with secrets replaced."""
-        secret = {spec.field for spec in SPECS if spec.secret}
         shown: dict[str, Any] = {}
-        for item in fields(self):
-            value = getattr(self, item.name)
-            shown[item.name] = "<hidden>" if item.name in secret and value else value
+        for spec in SPECS:
+            value = getattr(self, spec.field)
+            if spec.secret and value:
+                value = "<hidden>"
+            elif spec.url and isinstance(value, str):
+                value = mask_url_password(value)
+            shown[spec.field] = value
         return shown
 
 
@@ -375,14 +317,40 @@ SPECS: tuple[Spec, ...] = tuple(
 
 
 def add_flags(parser: argparse.ArgumentParser, only: set[str] | None = None) -> None:
-    """Add one flag per setting (or per setting named in ``only``); each defaults to None so the
-    environment applies."""
+    """Add one flag per setting (or per setting named in ``only``), its help naming the default and the
+    variable; each flag defaults to None so the environment applies. Secrets get no flag (a flag is seen
+    by every user of the machine, in ``ps`` and in shell history): the help's epilog names their variables."""
+    secrets = []
     for spec in SPECS:
         if only is not None and spec.field not in only:
             continue
+        if spec.secret:
+            secrets.append(f"{spec.env} (or {spec.file_env})")
+            continue
+        default = "guard backend's own" if spec.field == "guard_model" else spec.default or "unset"
         parser.add_argument(
-            spec.flag, dest=spec.field, default=None, metavar="V", help=f"{spec.help} [{spec.env}]"
+            spec.flag,
+            dest=spec.field,
+            default=None,
+            metavar=_metavar(spec),
+            help=f"{spec.help} (default: {default}; env {spec.env})".replace("%", "%%"),
         )
+    if secrets:
+        parser.epilog = "Secrets are read only from the environment or a file: " + ", ".join(secrets) + "."
+
+
+def _metavar(spec: Spec) -> str:
+    name = spec.field
+    for suffix, shown in (
+        ("_s", "SECONDS"),
+        ("_ms", "MS"),
+        ("_url", "URL"),
+        ("file", "PATH"),
+        ("topic", "TOPIC"),
+    ):
+        if name.endswith(suffix):
+            return shown
+    return "N" if spec.default.isdigit() else "VALUE"
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, str | None]:

@@ -138,7 +138,7 @@ def _security_protocol(raw: str) -> str:
     return value
 
 
-_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -175,16 +175,44 @@ def _optional_file(raw: str) -> str | None:
     return path
 
 
-_DURATION = re.compile(r"(\d+)(ms|s|m|h)")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_duration_s(raw: str) -> float:
-    """Parse ``250ms``, ``10s``, ``1m`` or ``2h`` into seconds."""
+    """Parse ``250ms``, ``10s``, ``1m``, ``2h`` or ``7d`` into seconds."""
     match = _DURATION.fullmatch(raw.strip())
     if not match or int(match.group(1)) <= 0:
-        raise ValueError(f"{raw.strip()!r} is not a duration like 10s, 1m, 2h")
+        raise ValueError(f"{raw.strip()!r} is not a duration like 10s, 1m, 2h, 7d")
     return int(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def _retention_ms(raw: str) -> int:
+    """``forever`` (Kafka's retention.ms -1) or a duration, in milliseconds."""
+    if raw.strip().lower() == "forever":
+        return -1
+    return int(parse_duration_s(raw) * 1000)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return value
+
+
+def _idempotence(raw: str) -> str:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return "true"
+    if value in _FALSE:
+        return "false"
+    if value != "auto":
+        raise ValueError("must be auto (on when the broker supports it), true or false")
+    return value
 
 
 def _retry_schedule(raw: str) -> tuple[str, ...]:

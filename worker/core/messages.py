@@ -11,15 +11,14 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, cast
 
 import orjson
 
 from worker.core.errors import InvalidInput
-from worker.core.guard_types import GuardRequest, Kind, Label
-from worker.core.policy import Action, Policy
+from worker.core.guard_types import GuardRequest, Kind
 from worker.core.reasons import Reason
 
 MAX_ID_CHARS = 512
@@ -194,85 +193,3 @@ def check_headers(headers: Sequence[tuple[str, bytes | None]]) -> None:
         raise InvalidInput(
             Reason.TOO_LARGE, f"record has {size} bytes of headers, over the limit of {MAX_HEADER_BYTES}"
         )
-
-
-def _document(value: object) -> bytes:
-    """Compact UTF-8 JSON of a verdict dataclass (orjson; the standard library only for what orjson
-    refuses: an integer past 64 bits in the producer's metadata)."""
-    try:
-        return orjson.dumps(value)
-    except orjson.JSONEncodeError:
-        return json.dumps(asdict(value), ensure_ascii=False, separators=(",", ":")).encode("utf-8")  # type: ignore[call-overload]
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The verdict document, stored in Redis and published on the verdict topic."""
-
-    id: str
-    label: Label
-    action: Action
-    categories: list[str]
-    refusal: bool | None
-    model: str
-    trace_id: str
-    attempts: int
-    latency_ms: float
-    processed_at: str
-    metadata: dict[str, Any]
-    content_sha256: str
-    chunks: int = 1
-    provisional: bool = False
-
-    def to_json(self) -> bytes:
-        """Compact UTF-8 JSON."""
-        return _document(self)
-
-
-PROVISIONAL_REASON = "guard_unavailable"
-
-
-@dataclass(frozen=True)
-class ProvisionalVerdict:
-    """What a message gets at once during a guard outage under a fallback policy (GUARDQ_OUTAGE_POLICY):
-    no label, the policy's action. It never counts as moderated: the message is parked and its final
-    ``Verdict`` replaces this one once the guard is back."""
-
-    id: str
-    action: Action
-    model: str
-    trace_id: str
-    attempts: int
-    latency_ms: float
-    processed_at: str
-    metadata: dict[str, Any]
-    content_sha256: str
-    label: None = None
-    categories: list[str] = field(default_factory=list)
-    refusal: None = None
-    provisional: bool = True
-    reason: str = PROVISIONAL_REASON
-
-    def to_json(self) -> bytes:
-        """Compact UTF-8 JSON."""
-        return _document(self)
-
-
-def stored_for_publish(document: bytes, policy: Policy) -> tuple[bytes, str | None]:
-    """A stored verdict as it is published again, and the trace id it names (None when none or when it
-    does not parse). One stored by a version without policies gains the current policy's ``action``."""
-    try:
-        parsed = orjson.loads(document)
-    except orjson.JSONDecodeError:
-        return document, None
-    if not isinstance(parsed, dict):
-        return document, None
-    trace_id = parsed.get("trace_id")
-    label = parsed.get("label")
-    if "action" not in parsed and label in ("safe", "unsafe", "controversial"):
-        exact = json.loads(document)  # read again exactly: its metadata may hold an integer past 64 bits
-        categories = exact.get("categories")
-        named = [name for name in categories if isinstance(name, str)] if isinstance(categories, list) else []
-        exact["action"] = policy.action(label, named)
-        document = json.dumps(exact, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    return document, str(trace_id) if trace_id else None

@@ -25,7 +25,7 @@ from worker.config.settings import Settings
 from worker.dev import stack
 from worker.failures.envelope import H_ERROR_REASON
 from worker.guard.local import check_local_installed
-from worker.kafka.publish import BadLine, Publisher, read_jsonl
+from worker.kafka.publish import BadLine, InputProducer, read_jsonl
 from worker.kafka.reading import records
 from worker.store.verdicts import delete_prefix
 from worker.telemetry import logs
@@ -148,7 +148,7 @@ async def _publish_and_watch(settings: Settings) -> Tally:
 async def _publish_samples(settings: Settings, tally: Tally) -> None:
     """Valid lines go through the validating publisher; malformed ones are sent raw, as a buggy client would."""
     tally.first_publish = time.monotonic()
-    async with Publisher(settings) as publisher:
+    async with InputProducer(settings) as publisher:
         for number, raw in enumerate(sample_lines(), start=1):
             parsed = next(iter(read_jsonl([raw], settings.max_text_chars)), None)
             if parsed is None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from worker.config.extras import check_installed, require
+from worker.config.spec import mask_url_password
 
 
 def free_port() -> int:
@@ -180,7 +181,7 @@ def stack_up(directory: Path, *, bootstrap: str, redis_url: str) -> tuple[StackS
         state.broker_pid, state.bootstrap = process.pid, bootstrap
         report.append(f"broker: tansu started on {bootstrap} (pid {process.pid}, in-memory storage)")
     if redis_reachable(redis_url):
-        report.append(f"redis: already answering at {_without_password(redis_url)}")
+        report.append(f"redis: already answering at {mask_url_password(redis_url)}")
     else:
         redis_port = urlparse(redis_url).port or 6379
         process = start_valkey(redis_port, data_dir=directory / "valkey", detach=True)
@@ -204,25 +205,18 @@ def stack_down(directory: Path) -> list[str]:
     return report or ["nothing was running"]
 
 
-def stack_status(directory: Path, *, bootstrap: str, redis_url: str) -> list[str]:
-    """One line per service: where it is and whether it answers."""
+def stack_status(directory: Path, *, bootstrap: str, redis_url: str) -> tuple[bool, list[str]]:
+    """Whether both services answer, and one line per service: where it is and whether it answers."""
     state = StackState.load(directory)
     host, _, port = bootstrap.rpartition(":")
     broker = "up" if port_open(host, int(port)) else "down"
     redis_state = "up" if redis_reachable(redis_url) else "down"
     owner = f" (started here, pid {state.broker_pid})" if state and state.broker_pid else ""
     redis_owner = f" (started here, pid {state.redis_pid})" if state and state.redis_pid else ""
-    return [
+    return broker == redis_state == "up", [
         f"broker  {bootstrap:<28} {broker}{owner}",
-        f"redis   {_without_password(redis_url):<28} {redis_state}{redis_owner}",
+        f"redis   {mask_url_password(redis_url):<28} {redis_state}{redis_owner}",
     ]
-
-
-def _without_password(url: str) -> str:
-    parsed = urlparse(url)
-    if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@")
-    return url
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import asyncio
 import base64
 import json
 import unicodedata
-from collections.abc import Collection, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -72,20 +72,6 @@ def _decode(record: ConsumerRecord) -> DeadLetter:
     )
 
 
-async def _read_to_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> list[ConsumerRecord]:
-    found: list[ConsumerRecord] = []
-    await consumer.seek_to_beginning(*tps)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + READ_TIMEOUT_S
-    while loop.time() < deadline:
-        batches = await consumer.getmany(*tps, timeout_ms=200, max_records=1000)
-        for batch in batches.values():
-            found.extend(batch)
-        if await _at_end(consumer, tps):
-            return found
-    raise TimeoutError(f"the dead-letter topic was not read to its end within {READ_TIMEOUT_S:.0f} s")
-
-
 async def _at_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:
     for tp in tps:
         mark = consumer.highwater(tp)
@@ -94,13 +80,60 @@ async def _at_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool
     return True
 
 
-async def read_all(settings: Settings) -> list[DeadLetter]:
-    """Every dead letter, oldest first per partition."""
+async def stream(settings: Settings, *, batch: int = 500) -> AsyncIterator[list[DeadLetter]]:
+    """Every dead letter, oldest first per partition, in lists of up to ``batch`` as they are read: a
+    listing holds one batch in memory, not the topic."""
     consumer = kafka.make_consumer(settings, group_id=None)
     try:
         await consumer.start()
         tps = await assign_all(consumer, settings.dlq_topic)
-        return [_decode(record) for record in await _read_to_end(consumer, tps)]
+        await consumer.seek_to_beginning(*tps)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READ_TIMEOUT_S
+        while not await _at_end(consumer, tps):
+            if loop.time() > deadline:
+                raise TimeoutError(
+                    f"the dead-letter topic was not read to its end within {READ_TIMEOUT_S:.0f} s"
+                )
+            batches = await consumer.getmany(*tps, timeout_ms=200, max_records=batch)
+            found = [_decode(record) for records in batches.values() for record in records]
+            if found:
+                deadline = loop.time() + READ_TIMEOUT_S  # progress: the deadline is for a stalled read
+                yield found
+    finally:
+        await consumer.stop()
+
+
+async def read_all(settings: Settings) -> list[DeadLetter]:
+    """Every dead letter, oldest first per partition."""
+    letters: list[DeadLetter] = []
+    async for found in stream(settings):
+        letters.extend(found)
+    return letters
+
+
+async def read_at(settings: Settings, partition: int, offset: int) -> DeadLetter | None:
+    """The dead letter at ``partition:offset``, read by seeking there (None when there is none)."""
+    consumer = kafka.make_consumer(settings, group_id=None)
+    try:
+        await consumer.start()
+        tps = await assign_all(consumer, settings.dlq_topic)
+        tp = TopicPartition(settings.dlq_topic, partition)
+        if tp not in tps:
+            return None
+        consumer.seek(tp, offset)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READ_TIMEOUT_S
+        while loop.time() < deadline:
+            records = (await consumer.getmany(tp, timeout_ms=200, max_records=1)).get(tp, [])
+            if records:
+                return _decode(records[0]) if records[0].offset == offset else None
+            mark = consumer.highwater(tp)
+            if mark is not None and await consumer.position(tp) >= mark:
+                return None  # past the end
+        raise TimeoutError(
+            f"the dead letter at {partition}:{offset} was not read within {READ_TIMEOUT_S:.0f} s"
+        )
     finally:
         await consumer.stop()
 
@@ -170,22 +203,25 @@ def shown(text: str) -> str:
 _UNSHOWN = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
+TABLE_HEADER = f"{'AT':<10} {'ID':<28} {'REASON':<18} {'TRIES':>5}  {'FIRST FAILED':<24} ERROR"
+
+
+def table_row(letter: DeadLetter) -> str:
+    """One dead letter as a line of the table (every field passed through ``shown``)."""
+    env = letter.envelope
+    reason = env.error_reason if env else "(not guardq's)"
+    tries = str(env.attempts) if env else "-"
+    failed = env.first_failed_at if env else "-"
+    error = (env.error_message if env else letter.problem or "")[:60]
+    return (
+        f"{letter.coordinates:<10} {shown(letter.message_id[:28]):<28} {shown(reason):<18} {tries:>5}  "
+        f"{shown(failed[:24]):<24} {shown(error)}"
+    )
+
+
 def table(letters: list[DeadLetter]) -> str:
-    """A readable table, one dead letter a line (every field passed through ``shown``)."""
-    header = f"{'AT':<10} {'ID':<28} {'REASON':<18} {'TRIES':>5}  {'FIRST FAILED':<24} ERROR"
-    lines = [header]
-    for letter in letters:
-        env = letter.envelope
-        reason = env.error_reason if env else "(not guardq's)"
-        tries = str(env.attempts) if env else "-"
-        failed = env.first_failed_at if env else "-"
-        error = (env.error_message if env else letter.problem or "")[:60]
-        lines.append(
-            f"{letter.coordinates:<10} {shown(letter.message_id[:28]):<28} {shown(reason):<18} {tries:>5}  "
-            f"{shown(failed[:24]):<24} {shown(error)}"
-        )
-    lines.append(f"{len(letters)} dead letter(s)")
-    return "\n".join(lines)
+    """A readable table, one dead letter a line."""
+    return "\n".join([TABLE_HEADER, *map(table_row, letters), f"{len(letters)} dead letter(s)"])
 
 
 def as_json(letter: DeadLetter) -> dict[str, object]:
@@ -223,9 +259,9 @@ def as_json(letter: DeadLetter) -> dict[str, object]:
     return entry
 
 
-def find(letters: Iterable[DeadLetter], wanted: str) -> list[DeadLetter]:
-    """Dead letters at ``partition:offset``, or whose message id is ``wanted``."""
-    partition, sep, offset = wanted.partition(":")
-    if sep and partition.isdigit() and offset.isdigit():
-        return [x for x in letters if x.partition == int(partition) and x.offset == int(offset)]
-    return [x for x in letters if x.message_id == wanted]
+def coordinates_of(target: str) -> tuple[int, int] | None:
+    """``(partition, offset)`` when ``target`` is written ``PARTITION:OFFSET``, else None (an id)."""
+    partition, sep, offset = target.partition(":")
+    if sep and partition.isascii() and partition.isdigit() and offset.isascii() and offset.isdigit():
+        return int(partition), int(offset)
+    return None

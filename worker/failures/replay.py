@@ -173,6 +173,21 @@ class Summary:
         lines.extend(f"  {cause:<18} {count}" for cause, count in counts.items())
         return lines
 
+    def as_json(self) -> dict[str, object]:
+        """The summary as a JSON-ready object: the counts, and in a dry run the coordinates to replay."""
+        entry: dict[str, object] = {
+            "topic": self.topic,
+            "dry_run": self.dry_run,
+            "replayed": 0 if self.dry_run else self.replayed,
+            "eligible": len(self.plan.eligible),
+            "skipped": self.plan.skip_counts(),
+        }
+        if self.dry_run:
+            entry["would_replay"] = [
+                {"at": letter.coordinates, "id": letter.message_id} for letter in self.plan.eligible
+            ]
+        return entry
+
 
 async def replay(
     settings: Settings,
@@ -234,7 +249,7 @@ async def _republish(
     stream: TextIO | None,
     tracer: Tracer,
 ) -> int:
-    producer = kafka.make_producer(settings)
+    producer = await kafka.producer_for(settings)
     pacer = Pacer(options.rate_per_s)
     progress = Progress(stream, len(letters))
     # Under a low --rate a batch would take long to fill; mark at least about once a second instead.

@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from aiokafka.structs import ConsumerRecord
 
 from worker.config.settings import Settings
-from worker.config.values import parse_duration_s
 from worker.core.times import format_rfc3339
 from worker.failures.envelope import H_ATTEMPTS, H_RETRY_HOP, carried_number, retry_due_epoch_s
 
@@ -45,7 +44,7 @@ class RetrySchedule:
     def from_settings(cls, settings: Settings) -> RetrySchedule:
         return cls(
             settings.retry_topics,
-            tuple(parse_duration_s(step) for step in settings.retry_schedule),
+            settings.retry_delays_s,
             settings.parked_topic,
         )
 

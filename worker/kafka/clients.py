@@ -1,8 +1,9 @@
 """Kafka clients built from settings: connection/security options, producer, consumer, topic creation.
 
 Broker facts that shape these choices (tansu, and Kafka in general):
-- the idempotent producer and transactions are not available on every broker: at-least-once delivery
-  with idempotent results, ``enable_idempotence=False``;
+- the idempotent producer and transactions are not available on every broker: guardq's guarantees rest on
+  at-least-once delivery with idempotent results; the idempotent producer is used where it is granted
+  (GUARDQ_KAFKA_IDEMPOTENCE, ``worker.kafka.connection``);
 - ``end_offsets``/``seek_to_end`` are unreliable on tansu: use ``highwater`` after a fetch instead.
 """
 
@@ -10,15 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
-from aiokafka.helpers import create_ssl_context
 
-from worker.config.settings import Settings, SettingsError
+from worker.config.settings import Settings
+from worker.kafka.connection import connection_options as connection_options
+from worker.kafka.connection import idempotence
 
 log = logging.getLogger(__name__)
 
@@ -26,44 +27,20 @@ TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
 MAX_PARTITION_FETCH_BYTES = 1024 * 1024
 
 
-def connection_options(settings: Settings) -> dict[str, Any]:
-    """Bootstrap, TLS and SASL options shared by every client."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap,
-        "security_protocol": settings.kafka_security_protocol,
-    }
-    if settings.kafka_security_protocol in {"SSL", "SASL_SSL"}:
-        options["ssl_context"] = _ssl_context(settings)
-    if settings.kafka_security_protocol.startswith("SASL"):
-        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        # aiokafka takes the SCRAM credentials under the same two names as PLAIN's.
-        options["sasl_plain_username"] = settings.kafka_sasl_username
-        options["sasl_plain_password"] = settings.kafka_sasl_password
-    return options
+async def producer_for(settings: Settings, *, linger_ms: int = 5) -> AIOKafkaProducer:
+    """``make_producer`` with GUARDQ_KAFKA_IDEMPOTENCE resolved against the broker."""
+    return make_producer(settings, linger_ms=linger_ms, idempotent=await idempotence(settings))
 
 
-def _ssl_context(settings: Settings) -> ssl.SSLContext:
-    """The TLS context of every Kafka client (the system's CAs unless GUARDQ_KAFKA_SSL_CAFILE is set);
-    a file that is not PEM is a one-line settings error here, not a handshake failure later."""
-    try:
-        context: ssl.SSLContext = create_ssl_context(
-            cafile=settings.kafka_ssl_cafile,
-            certfile=settings.kafka_ssl_certfile,
-            keyfile=settings.kafka_ssl_keyfile,
-        )
-    except (ssl.SSLError, OSError) as exc:
-        raise SettingsError(f"GUARDQ_KAFKA_SSL_CAFILE/_CERTFILE/_KEYFILE cannot be loaded: {exc}") from None
-    return context
-
-
-def make_producer(settings: Settings, *, linger_ms: int = 5) -> AIOKafkaProducer:
+def make_producer(settings: Settings, *, linger_ms: int = 5, idempotent: bool = False) -> AIOKafkaProducer:
     """A producer whose sends complete only when every in-sync replica has the record (acks=all),
     compressing with GUARDQ_KAFKA_COMPRESSION; a record over GUARDQ_KAFKA_MAX_MESSAGE_BYTES is refused
-    before it is sent (``MessageSizeTooLargeError``), as the broker would refuse it."""
+    before it is sent (``MessageSizeTooLargeError``), as the broker would refuse it. ``idempotent``
+    (a broker that grants producer ids) keeps a resent batch from being written twice."""
     return AIOKafkaProducer(
         **connection_options(settings),
         acks="all",
-        enable_idempotence=False,
+        enable_idempotence=idempotent,
         linger_ms=linger_ms,
         max_batch_size=256 * 1024,
         max_request_size=settings.kafka_max_message_bytes,
@@ -104,14 +81,33 @@ def worker_topics(settings: Settings) -> list[str]:
     ]
 
 
+# A retry topic keeps a record for its delay plus this long: a week to recover from an outage of the workers.
+RETRY_RETENTION_MARGIN_S = 7 * 24 * 3600
+
+
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """The configs guardq gives each topic it creates: every topic takes records as large as guardq sends
+    (GUARDQ_KAFKA_MAX_MESSAGE_BYTES); the dead-letter and parked topics keep theirs for GUARDQ_DLQ_RETENTION
+    (forever by default: no dead letter expires unseen); a retry topic keeps a record for its delay plus a
+    week. The input and verdict topics keep the broker's retention: that is the producers' choice."""
+    size = {"max.message.bytes": str(settings.kafka_max_message_bytes)}
+    kept = size | {"retention.ms": str(settings.dlq_retention), "cleanup.policy": "delete"}
+    configs = dict.fromkeys([settings.input_topic, settings.verdict_topic], size)
+    configs |= dict.fromkeys([settings.dlq_topic, settings.parked_topic], kept)
+    for topic, delay_s in zip(settings.retry_topics, settings.retry_delays_s, strict=True):
+        configs[topic] = size | {"retention.ms": str(int((delay_s + RETRY_RETENTION_MARGIN_S) * 1000))}
+    return configs
+
+
 async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[str]:
-    """Create missing guardq topics and return their names. Retry topics get the input topic's partition
-    count; the replication factor is GUARDQ_TOPIC_REPLICATION, or min(3, brokers) when it is ``auto``."""
+    """Create missing guardq topics (with ``topic_configs``) and return their names. Retry and parked topics
+    get the input topic's partition count; the replication factor is GUARDQ_TOPIC_REPLICATION, or
+    min(3, brokers) when it is ``auto``."""
     admin = AIOKafkaAdminClient(**connection_options(settings), request_timeout_ms=int(timeout_s * 1000))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        names = [settings.input_topic, settings.verdict_topic, settings.dlq_topic, *settings.retry_topics]
+        names = worker_topics(settings)
         if all(name in existing for name in names):
             return []  # the usual start: one metadata request, nothing described
         input_partitions = settings.topic_partitions
@@ -121,10 +117,13 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[
         wanted = dict.fromkeys(
             [settings.input_topic, settings.verdict_topic, settings.dlq_topic], settings.topic_partitions
         )
-        wanted |= dict.fromkeys(settings.retry_topics, input_partitions)
+        wanted |= dict.fromkeys([*settings.retry_topics, settings.parked_topic], input_partitions)
         replication = settings.topic_replication or min(3, len((await admin.describe_cluster())["brokers"]))
+        configs = topic_configs(settings)
         missing = [
-            NewTopic(name, count, replication) for name, count in wanted.items() if name not in existing
+            NewTopic(name, count, replication, topic_configs=configs[name])
+            for name, count in wanted.items()
+            if name not in existing
         ]
         response = await admin.create_topics(missing)
         created = []

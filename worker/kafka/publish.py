@@ -1,5 +1,5 @@
-"""Publishing input messages: the producer helper clients can use, and the JSONL reader behind
-`guardq publish`.
+"""Publishing input messages: the producer behind `worker.client.Publisher`, `guardq publish` and the demo,
+and the JSONL reader of `guardq publish`.
 
 Every published message starts a trace (a ``<topic> publish`` span) and carries its W3C ``traceparent``
 header, so the worker's verdict reports the same trace id.
@@ -7,6 +7,7 @@ header, so the worker's verdict reports the same trace id.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Iterable, Iterator
@@ -14,7 +15,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.structs import RecordMetadata
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
 
@@ -35,13 +38,15 @@ class Published:
     trace_id: str
 
 
-class Publisher:
-    """Publishes moderation requests to the input topic, with a traceparent header.
+class InputProducer:
+    """Sends moderation requests to the input topic, each in a ``<topic> publish`` span (a child of the
+    caller's current span) whose ``traceparent`` header it carries. ``enqueue`` returns at once with the
+    send's future, so many requests share a batch; ``publish`` waits for the acknowledgement.
 
     Usage::
 
-        async with Publisher(settings) as publisher:
-            sent = await publisher.publish({"id": "m1", "text": "hello"})
+        async with InputProducer(settings) as producer:
+            sent = await producer.publish({"id": "m1", "text": "hello"})
     """
 
     def __init__(self, settings: Settings, *, tracer_provider: TracerProvider | None = None) -> None:
@@ -49,8 +54,8 @@ class Publisher:
         self._tracer = tracing.get_tracer(tracer_provider or tracing.build_provider())
         self._producer: AIOKafkaProducer | None = None
 
-    async def __aenter__(self) -> Publisher:
-        producer = kafka.make_producer(self._settings)
+    async def __aenter__(self) -> InputProducer:
+        producer = await kafka.producer_for(self._settings)
         try:
             await producer.start()
         except BaseException:
@@ -65,33 +70,71 @@ class Publisher:
             self._producer = None
 
     async def publish(self, document: dict[str, Any]) -> Published:
-        """Validate and publish one request; an ``id`` is added when missing. Raises ``InvalidInput``."""
+        """Validate and publish one request, waiting for its acknowledgement; an ``id`` is added when
+        missing. Raises ``InvalidInput``."""
+        return await (await self.enqueue(document))
+
+    async def enqueue(self, document: dict[str, Any]) -> asyncio.Future[Published]:
+        """Validate one request and queue it for sending; the future resolves when the broker has it."""
         document = dict(document)
         document.setdefault("id", str(uuid.uuid4()))
-        value = json.dumps(document, ensure_ascii=False).encode("utf-8")
+        value = _dumps(document)
         request = parse_request(value, self._settings.max_text_chars)
         return await self._send(request.id.encode("utf-8"), value, message_id=request.id)
 
     async def publish_raw(self, key: bytes | None, value: bytes) -> Published:
         """Publish bytes as they are (no validation), with a traceparent header."""
-        return await self._send(key, value, message_id=None)
+        return await (await self._send(key, value, message_id=None))
 
-    async def _send(self, key: bytes | None, value: bytes, *, message_id: str | None) -> Published:
+    async def _send(
+        self, key: bytes | None, value: bytes, *, message_id: str | None
+    ) -> asyncio.Future[Published]:
         if self._producer is None:
-            raise RuntimeError("Publisher used outside 'async with'")
+            raise RuntimeError("InputProducer used outside 'async with'")
         topic = self._settings.input_topic
-        with self._tracer.start_as_current_span(
+        span = self._tracer.start_span(
             f"{topic} publish", kind=SpanKind.PRODUCER, attributes=tracing.send_attributes(topic, message_id)
-        ) as span:
+        )
+        published: asyncio.Future[Published] = asyncio.get_running_loop().create_future()
+        try:
             headers = [(tracing.TRACEPARENT, tracing.traceparent_of(span).encode("ascii"))]
-            meta = await self._producer.send_and_wait(topic, value, key=key, headers=headers)
-            tracing.set_sent(span, meta.partition, meta.offset)
-            return Published(
-                id=key.decode("utf-8", errors="replace") if key else "",
-                partition=meta.partition,
-                offset=meta.offset,
-                trace_id=tracing.trace_id_hex(span),
-            )
+            acked = await self._producer.send(topic, value, key=key, headers=headers)
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.end()
+            raise
+
+        def settle(done: asyncio.Future[RecordMetadata]) -> None:
+            if published.cancelled():
+                pass
+            elif done.cancelled():
+                published.cancel()
+            elif (error := done.exception()) is not None:
+                span.record_exception(error)
+                published.set_exception(error)
+            else:
+                meta = done.result()
+                tracing.set_sent(span, meta.partition, meta.offset)
+                published.set_result(
+                    Published(
+                        id=key.decode("utf-8", errors="replace") if key else "",
+                        partition=meta.partition,
+                        offset=meta.offset,
+                        trace_id=tracing.trace_id_hex(span),
+                    )
+                )
+            span.end()
+
+        acked.add_done_callback(settle)
+        return published
+
+
+def _dumps(document: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON; the standard library only for what orjson refuses (an integer past 64 bits)."""
+    try:
+        return orjson.dumps(document)
+    except orjson.JSONEncodeError:
+        return json.dumps(document, ensure_ascii=False).encode("utf-8")
 
 
 @dataclass(frozen=True)

@@ -43,16 +43,10 @@ from worker.core.errors import (
     is_infrastructure,
     one_line,
 )
-from worker.core.messages import (
-    ModerationRequest,
-    ProvisionalVerdict,
-    Verdict,
-    check_headers,
-    parse_request,
-    stored_for_publish,
-)
+from worker.core.messages import ModerationRequest, check_headers, parse_request
 from worker.core.policy import Action, parse_action
 from worker.core.times import utc_now_rfc3339
+from worker.core.verdict import ProvisionalVerdict, Verdict, stored_for_publish
 from worker.failures.envelope import force_token, replay_token
 from worker.failures.outbox import TOO_LARGE, Outbox
 from worker.failures.schedule import Hop, RetrySchedule

@@ -1,0 +1,90 @@
+"""How one setting is declared and read: ``Spec``, ``setting()`` and what they share (the settings error,
+secrets read from files, URLs shown without their password). ``worker.config.settings`` declares the settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from typing import Any
+from urllib.parse import urlparse
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message is one line naming the variable."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one setting is read: environment variable, default, parser and help text."""
+
+    field: str
+    env: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool = False
+    url: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.env.removeprefix("GUARDQ_").lower().replace("_", "-")
+
+    @property
+    def file_env(self) -> str:
+        """The variable naming a file that holds a secret's value (``GUARDQ_GUARD_API_KEY_FILE``)."""
+        return self.env + "_FILE"
+
+    def shown(self, raw: str) -> str:
+        """How a value given for this setting may be shown in an error or a listing."""
+        if self.secret:
+            return "<hidden>"
+        return repr(mask_url_password(raw) if self.url else raw)
+
+
+def setting(
+    default: str, parse: Callable[[str], Any], help: str, *, secret: bool = False, url: bool = False
+) -> Any:
+    """Declare one field of ``Settings``: the default (as its variable would spell it), the parser that
+    turns the text into the field's value (raising ``ValueError``), a help line, and how it is shown:
+    ``secret`` (never a flag, never shown, also read from ``<VAR>_FILE``) or ``url`` (a URL that may
+    carry a password: shown with it masked, and refused as a flag when it carries one)."""
+    return dataclass_field(metadata={"setting": (default, parse, help, secret, url)})
+
+
+def mask_url_password(raw: str) -> str:
+    """``raw`` with the password of a URL (``redis://user:pw@host``) replaced by ``***``."""
+    parsed = urlparse(raw)
+    if not parsed.password:
+        return raw
+    userinfo = f"{parsed.username or ''}:***"
+    return parsed._replace(netloc=f"{userinfo}@{parsed.netloc.rpartition('@')[2]}").geturl()
+
+
+def secret_from_file(spec: Spec, env: Mapping[str, str]) -> str | None:
+    """The value of a secret's ``<VAR>_FILE`` (the file's text without its final newline), or None."""
+    path = env.get(spec.file_env, "").strip()
+    if not path:
+        return None
+    if env.get(spec.env):
+        raise SettingsError(f"set {spec.env} or {spec.file_env}, not both")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SettingsError(f"{spec.file_env}={path!r}: cannot read the file: {reason}") from None
+
+
+def spelling_of_none(spec: Spec) -> str | None:
+    """How a setting left unset (None) is written when its default is not None (``auto``): None when
+    dropping the variable gives None already."""
+    if spec.parse(spec.default) is None:
+        return None
+    for candidate in ("auto", ""):
+        try:
+            if spec.parse(candidate) is None:
+                return candidate
+        except ValueError:
+            continue
+    raise ValueError(f"{spec.env} has no spelling for an unset value")
