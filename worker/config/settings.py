@@ -49,13 +49,14 @@ from worker.config.values import (
     _rate,
     _redis_url,
     _replication,
-    _retention_ms,
+    _retention,
     _retry_schedule,
     _sasl_mechanism,
     _security_protocol,
     _text,
     _topic,
     parse_duration_s,
+    retention_ms,
 )
 from worker.core.policy import Policy, overrides_map, parse_action
 from worker.core.taxonomies import DEFAULT_MODELS
@@ -133,8 +134,8 @@ class Settings:
     )
     topic_partitions: int = setting("8", _positive_int, "partitions of created topics")
     topic_replication: int | None = setting("auto", _replication, "replicas of created topics")
-    dlq_retention: int = setting(
-        "forever", _retention_ms, "retention of a created dead-letter topic: forever, or a duration like 30d"
+    dlq_retention: str = setting(
+        "forever", _retention, "retention of a created dead-letter topic: forever, or a duration like 30d"
     )
     verdict_ttl_s: int = setting("604800", _positive_int, "verdict TTL (dedup window)")
     shutdown_timeout_s: float = setting("20", _positive_float, "graceful drain deadline")
@@ -245,6 +246,11 @@ class Settings:
     def retry_topics(self) -> tuple[str, ...]:
         """Delayed retry topics, one per step of the retry schedule: ``<input>.retry.<delay>``."""
         return tuple(f"{self.input_topic}.retry.{step}" for step in self.retry_schedule)
+
+    @property
+    def dlq_retention_ms(self) -> int:
+        """GUARDQ_DLQ_RETENTION as Kafka's ``retention.ms`` (-1: forever)."""
+        return retention_ms(self.dlq_retention)
 
     @property
     def retry_delays_s(self) -> tuple[float, ...]:

@@ -187,11 +187,17 @@ def parse_duration_s(raw: str) -> float:
     return int(match.group(1)) * _UNIT_S[match.group(2)]
 
 
-def _retention_ms(raw: str) -> int:
-    """``forever`` (Kafka's retention.ms -1) or a duration, in milliseconds."""
-    if raw.strip().lower() == "forever":
-        return -1
-    return int(parse_duration_s(raw) * 1000)
+def _retention(raw: str) -> str:
+    """``forever`` or a duration (``30d``), as written."""
+    value = raw.strip().lower()
+    if value != "forever":
+        parse_duration_s(value)
+    return value
+
+
+def retention_ms(value: str) -> int:
+    """A retention (``_retention``) as Kafka's ``retention.ms``: -1 for forever."""
+    return -1 if value == "forever" else int(parse_duration_s(value) * 1000)
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

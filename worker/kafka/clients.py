@@ -91,7 +91,7 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     (forever by default: no dead letter expires unseen); a retry topic keeps a record for its delay plus a
     week. The input and verdict topics keep the broker's retention: that is the producers' choice."""
     size = {"max.message.bytes": str(settings.kafka_max_message_bytes)}
-    kept = size | {"retention.ms": str(settings.dlq_retention), "cleanup.policy": "delete"}
+    kept = size | {"retention.ms": str(settings.dlq_retention_ms), "cleanup.policy": "delete"}
     configs = dict.fromkeys([settings.input_topic, settings.verdict_topic], size)
     configs |= dict.fromkeys([settings.dlq_topic, settings.parked_topic], kept)
     for topic, delay_s in zip(settings.retry_topics, settings.retry_delays_s, strict=True):
