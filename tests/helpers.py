@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from worker.app import Worker
 from worker.config.settings import Settings
 from worker.guard.base import GuardBackend
-from worker.kafka.publish import Published, InputProducer
+from worker.kafka.publish import InputProducer, Published
 from worker.kafka.reading import records
 from worker.schemas import schema
 from worker.store.keys import RedisKeys

@@ -29,7 +29,7 @@ from tests.helpers import (
 )
 from worker.config.settings import Settings
 from worker.dev import stack
-from worker.kafka.publish import Published, InputProducer
+from worker.kafka.publish import InputProducer, Published
 
 pytestmark = pytest.mark.integration
 

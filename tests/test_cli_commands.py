@@ -33,7 +33,7 @@ async def test_publish_skips_bad_lines_with_their_numbers_and_adds_missing_ids(
     path = tmp_path / "requests.jsonl"
     path.write_text("\n".join(lines) + "\n")
     result = await run_guardq(settings, "publish", str(path))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, "skipped lines are a failure"
     assert result.stdout.strip() == f"published 3 message(s) to {settings.input_topic}; skipped 2 bad line(s)"
     errors = result.stderr.strip().splitlines()
     assert errors[0].startswith("line 2: invalid_json")

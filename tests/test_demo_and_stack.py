@@ -58,6 +58,7 @@ def test_stack_up_status_down_manages_only_what_it_started(tmp_path: Path, redis
     try:
         status = _guardq("stack", "status", "--dir", directory, env=env)
         assert status.stdout.splitlines()[0].split()[2] == "up", status.stdout
+        assert status.returncode == 0
     finally:
         down = _guardq("stack", "down", "--dir", directory, env=env)
     assert f"broker: stopped (pid {state.broker_pid})" in down.stdout
@@ -65,4 +66,6 @@ def test_stack_up_status_down_manages_only_what_it_started(tmp_path: Path, redis
     while stack.port_open("127.0.0.1", port) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not stack.port_open("127.0.0.1", port), "the broker still listens after stack down"
+    status = _guardq("stack", "status", "--dir", directory, env=env)
+    assert status.returncode == 1 and status.stdout.splitlines()[0].split()[2] == "down", status.stdout
     assert stack.redis_reachable(redis_url), "stack down must not stop a Redis it did not start"

@@ -50,6 +50,16 @@ async def test_dlq_list_filters_by_reason_and_show_decodes_one_dead_letter(
     at = f"{rows[0]['partition']}:{rows[0]['offset']}"
     assert json.loads((await run_guardq(settings, "dlq", "show", at)).stdout)["id"] == "rejected"
 
+    # replay's filters: --max, --error-class, --id
+    first_two = await run_guardq(settings, "dlq", "list", "--max", "2", "--json")
+    assert len(first_two.stdout.splitlines()) == 2
+    by_class = await run_guardq(settings, "dlq", "list", "--error-class", "GuardRejected", "--json")
+    assert [json.loads(line)["id"] for line in by_class.stdout.splitlines()] == ["rejected"]
+    by_id = await run_guardq(settings, "dlq", "list", "--id", "empty", "--id", "fine")
+    assert by_id.stdout.strip().splitlines()[-1] == "1 dead letter(s)"
+    past_the_end = await run_guardq(settings, "dlq", "show", f"{rows[0]['partition']}:999999")
+    assert past_the_end.returncode == 2
+
     missing = await run_guardq(settings, "dlq", "show", "no-such-id")
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines() == [

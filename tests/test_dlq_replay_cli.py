@@ -109,7 +109,7 @@ async def test_replay_of_a_missing_dead_letter_topic_is_a_one_line_error(
         (["--max", "-3"], "argument --max: '-3' is not a whole number (0 or more)"),
         (["--since", "yesterday"], "argument --since: 'yesterday' is not an RFC 3339 time"),
         (["--reason", "nope"], "argument --reason: 'nope' is not a reason; one of: invalid_json"),
-        (["--max-replays", "0"], "GUARDQ_MAX_REPLAYS='0': must be a positive integer"),
+        (["--max-replays", "0"], "--max-replays='0': must be a positive integer"),
     ],
 )
 async def test_a_bad_replay_flag_is_one_line_and_exit_2(

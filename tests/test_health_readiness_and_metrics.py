@@ -138,6 +138,10 @@ async def test_open_circuit_and_redis_cut_make_the_worker_not_ready_until_they_r
             body = json.loads((await _get(worker, "/readyz"))[1])
             assert "guard circuit open" in body["reasons"]
             assert _sample((await _get(worker, "/metrics"))[1], "guardq_breaker_state") == 2
+            cli = await run_guardq(settings, "status", "--url", f"http://127.0.0.1:{worker.http_port}")
+            assert cli.returncode == 1 and "NOT READY" in cli.stdout, (
+                "a worker that is not ready is a failure"
+            )
             assert (await _get(worker, "/healthz"))[0] == 200  # alive all the same: no restart wanted
             await guard_sim.configure(fail_503_rate=0.0)
             await wait_for_verdicts(settings, [f"c{i}" for i in range(40)], timeout_s=60)

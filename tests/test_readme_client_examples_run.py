@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SettingsFactory
-from tests.helpers import running_worker, settings_env, stop_process
+from tests.helpers import running_worker, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -38,16 +38,13 @@ async def test_the_moderate_and_consume_examples_print_the_verdict(make_settings
     message_id, action, label, *_ = out.decode().split()
     assert (action, label) == ("allow", "safe")
 
-    consumer = subprocess.Popen(
-        [sys.executable, "-c", example("consume")],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    consumer = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", example("consume"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
         assert consumer.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(consumer.stdout.readline), timeout=60)
-        assert line.split() == [message_id, "allow", "final"], line
+        line = await asyncio.wait_for(consumer.stdout.readline(), timeout=60)
+        assert line.decode().split() == [message_id, "allow", "final"], line
     finally:
-        stop_process(consumer)
+        consumer.kill()  # the example consumes forever: stopped by the PID this test started
+        await consumer.wait()

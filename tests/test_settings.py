@@ -171,9 +171,9 @@ def test_command_line_flags_reach_settings_through_argparse() -> None:
 
 
 def test_bad_flag_value_names_the_flag_the_user_typed() -> None:
-    with pytest.raises(SettingsError, match="^--http-port='99999': must be a port"):
+    with pytest.raises(SettingsError, match=r"^--http-port='99999': must be a port"):
         Settings.load({"GUARDQ_HTTP_PORT": "8080"}, {"http_port": "99999"})
-    with pytest.raises(SettingsError, match="^GUARDQ_HTTP_PORT='99999': must be a port"):
+    with pytest.raises(SettingsError, match=r"^GUARDQ_HTTP_PORT='99999': must be a port"):
         Settings.load({"GUARDQ_HTTP_PORT": "99999"})
 
 

@@ -202,11 +202,6 @@ class Settings:
             named, raw = spec.env, env.get(spec.env, default)
             if flagged is not None:
                 named, raw = spec.flag, flagged
-                if spec.url and urlparse(flagged).password:
-                    raise SettingsError(
-                        f"{spec.flag} carries a password, which any user of the machine can read (ps, "
-                        f"shell history): give that URL in {spec.env} instead"
-                    )
             elif spec.secret and (from_file := secret_from_file(spec, env)) is not None:
                 named, raw = spec.file_env, from_file
             try:
@@ -360,5 +355,14 @@ def _metavar(spec: Spec) -> str:
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, str | None]:
-    """The flag values given on the command line, by field name."""
-    return {spec.field: getattr(args, spec.field, None) for spec in SPECS}
+    """The flag values given on the command line, by field name. A URL flag carrying a password is
+    refused: any user of the machine can read a command line (``ps``, shell history)."""
+    given = {spec.field: getattr(args, spec.field, None) for spec in SPECS}
+    for spec in SPECS:
+        value = given[spec.field]
+        if spec.url and value is not None and urlparse(value).password:
+            raise SettingsError(
+                f"{spec.flag} carries a password, which any user of the machine can read (ps, "
+                f"shell history): give that URL in {spec.env} instead"
+            )
+    return given
