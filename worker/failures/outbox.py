@@ -8,6 +8,7 @@ letter that cannot be written in any form is a logged, counted skip: the worker 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -192,7 +193,10 @@ class Outbox:
     def _span(self, topic: str, message_id: str | None) -> Iterator[Span]:
         """A ``<topic> publish`` producer span with the messaging attributes."""
         with tracing.child_span(
-            self._tracer, f"{topic} publish", SpanKind.PRODUCER, tracing.send_attributes(topic, message_id)
+            self._tracer,
+            f"{topic} publish",
+            SpanKind.PRODUCER,
+            functools.partial(tracing.send_attributes, topic, message_id),
         ) as span:
             yield span
 

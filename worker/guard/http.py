@@ -71,9 +71,11 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> tuple[bytes, b
     """At most ``cap`` bytes of the body, and whether that is all of it (the rest is never read: the
     connection is closed instead of drained)."""
     declared = resp.content_length
-    if declared is not None and declared > cap:
-        resp.close()
-        return b"", False
+    if declared is not None:
+        if declared > cap:
+            resp.close()
+            return b"", False
+        return await resp.read(), True  # aiohttp reads exactly the declared length
     body = bytearray()
     async for chunk in resp.content.iter_chunked(_READ_CHUNK_BYTES):
         body += chunk

@@ -125,20 +125,20 @@ class Pipeline:
     async def handle(self, record: ConsumerRecord) -> Outcome:
         """Process one record until it is done; see the module docstring for what propagates."""
         headers = list(record.headers or ())
-        attributes = {
-            "messaging.system": "kafka",
-            "messaging.operation.type": "process",
-            "messaging.destination.name": record.topic,
-            "messaging.destination.partition.id": str(record.partition),
-            "messaging.kafka.offset": record.offset,
-            "messaging.consumer.group.name": self._settings.group_id,
-        }
         with self._tracer.start_as_current_span(
-            f"{record.topic} process",
-            context=tracing.extract(headers),
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
+            f"{record.topic} process", context=tracing.extract(headers), kind=SpanKind.CONSUMER
         ) as span:
+            if span.is_recording():  # most traces are not: their attributes would be built for nobody
+                span.set_attributes(
+                    {
+                        "messaging.system": "kafka",
+                        "messaging.operation.type": "process",
+                        "messaging.destination.name": record.topic,
+                        "messaging.destination.partition.id": str(record.partition),
+                        "messaging.kafka.offset": record.offset,
+                        "messaging.consumer.group.name": self._settings.group_id,
+                    }
+                )
             delivery = Delivery(
                 record,
                 span,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -269,7 +270,7 @@ class VerdictStore:
     ) -> tuple[Claim, Lease | None]:
         """Look up the verdict and, if there is none, try to take the in-flight lease for this content.
         With the ``force_token`` of a forced replay that Redis still holds, a stored verdict is ignored."""
-        token = uuid.uuid4().hex
+        token = os.urandom(16).hex()
         args: list[str | int] = [token, self._lease_ttl_ms, force_token or "", content_sha256]
         code, payload = await self._batch.run(self._claim, self._keys_of(message_id), args)
         if code == 1:

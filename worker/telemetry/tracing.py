@@ -7,7 +7,7 @@ standard ``OTEL_TRACES_EXPORTER`` variable asks for it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from opentelemetry import trace
@@ -136,9 +136,10 @@ def traceparent_of(span: Span) -> str:
 
 @contextmanager
 def child_span(
-    tracer: trace.Tracer, name: str, kind: SpanKind, attributes: Attributes = None
+    tracer: trace.Tracer, name: str, kind: SpanKind, attributes: Callable[[], Attributes] | None = None
 ) -> Iterator[Span]:
-    """A child of the current span, for the steps of a message's trace (guard call, store, publish).
+    """A child of the current span, for the steps of a message's trace (guard call, store, publish);
+    ``attributes`` builds its attributes, called only when the span is recorded.
 
     Under a span nobody records (a trace not sampled, export off) the child would be recorded by
     nobody either: the current span stands in for it, so its trace and span ids still go out in
@@ -147,7 +148,9 @@ def child_span(
     if not current.is_recording() and current.get_span_context().is_valid:
         yield current
         return
-    with tracer.start_as_current_span(name, kind=kind, attributes=attributes) as span:
+    with tracer.start_as_current_span(name, kind=kind) as span:
+        if attributes is not None and span.is_recording():
+            span.set_attributes(attributes() or {})
         yield span
 
 
