@@ -5,7 +5,8 @@ then timeouts and retries. The controller compares the median latency of each wi
 median: a pause of the worker's own event loop stretches a few calls, not the guard) with the guard's
 no-load latency: while it stays within ``tolerance`` times the no-load latency the guard is not queueing
 and the cap grows (by a tenth, at least one slot) if the window used at least half of it (a cap nobody
-reaches proves nothing and is left alone); above it the cap shrinks half of the way the latency ratio
+reaches proves nothing and is left alone). Until the guard first queues or refuses, it doubles instead
+(a slow start, as TCP's): a worker reaches what the guard serves in a few windows, not dozens; above it the cap shrinks half of the way the latency ratio
 asks (never below half). A 429 or a 503 shrinks it at once, to 0.85 of itself (a timeout: 0.7), once
 per window, and remembers where that happened: from there on the cap grows one slot per window past nine
 tenths of it (a guard that refuses instead of queueing shows no latency to steer by).
@@ -74,6 +75,7 @@ class AdaptiveLimit:
         self._backed_off = False
         self._busy = False
         self._cautious_above = float(maximum)  # nine tenths of the cap at the last overload
+        self._slow_start = True  # doubling until the guard first queues or refuses
         # The first window measures the no-load latency at the minimum cap.
         self._probe_since: float | None = clock()
         self._resume_at = minimum
@@ -88,6 +90,7 @@ class AdaptiveLimit:
         """One guard call ended: it took ``latency_s``, began at ``started`` (the clock's time), and
         ``overloaded`` says the guard refused it for load (429, 503) or it timed out (``timed_out``)."""
         if overloaded:
+            self._slow_start = False
             if not self._backed_off:
                 self._backed_off = True
                 self._cautious_above = 0.9 * self._limit
@@ -120,9 +123,15 @@ class AdaptiveLimit:
         if gradient >= 1.0:
             if not busy:
                 return
-            step = 1.0 if self._limit >= self._cautious_above else max(1.0, self._limit * GROWTH)
+            if self._slow_start:
+                step = self._limit
+            elif self._limit >= self._cautious_above:
+                step = 1.0
+            else:
+                step = max(1.0, self._limit * GROWTH)
             self._apply(self._limit + step, why="the guard keeps up")
         else:
+            self._slow_start = False
             # Half the way to what the gradient asks: one slow window does not halve the cap.
             self._apply(self._limit * max(0.5, (1.0 + gradient) / 2), why="the guard is queueing")
 
