@@ -5,8 +5,9 @@ then timeouts and retries. The controller compares the median latency of each wi
 median: a pause of the worker's own event loop stretches a few calls, not the guard) with the guard's
 no-load latency: while it stays within ``tolerance`` times the no-load latency the guard is not queueing
 and the cap grows (by a tenth, at least one slot) if the window used at least half of it (a cap nobody
-reaches proves nothing and is left alone). Until the guard first queues or refuses, it doubles instead
-(a slow start, as TCP's): a worker reaches what the guard serves in a few windows, not dozens; above it the cap shrinks half of the way the latency ratio
+reaches proves nothing and is left alone). Until the guard first queues or refuses, a window is one
+round of calls rather than two (a slow start): a worker reaches what the guard serves in a fraction of
+the time, overshooting it by no more than later steps do; above it the cap shrinks half of the way the latency ratio
 asks (never below half). A 429 or a 503 shrinks it at once, to 0.85 of itself (a timeout: 0.7), once
 per window, and remembers where that happened: from there on the cap grows one slot per window past nine
 tenths of it (a guard that refuses instead of queueing shows no latency to steer by).
@@ -35,6 +36,9 @@ from worker.processing.limiter import ConcurrencyLimiter
 log = logging.getLogger(__name__)
 
 GROWTH = 0.1
+# Until the guard first queues or refuses, a window is one round of calls (at least this many): the cap
+# climbs in the same small steps, each after one round instead of two or more.
+SLOW_START_WINDOW = 8
 BACKOFF = 0.85  # after a refusal (429, 503): the guard said exactly "too many"
 TIMEOUT_BACKOFF = 0.7  # after a timeout: the queue is already far too long
 MIN_WINDOW = 32
@@ -75,7 +79,7 @@ class AdaptiveLimit:
         self._backed_off = False
         self._busy = False
         self._cautious_above = float(maximum)  # nine tenths of the cap at the last overload
-        self._slow_start = True  # doubling until the guard first queues or refuses
+        self._slow_start = True  # one-round windows until the guard first queues or refuses
         # The first window measures the no-load latency at the minimum cap.
         self._probe_since: float | None = clock()
         self._resume_at = minimum
@@ -102,7 +106,12 @@ class AdaptiveLimit:
         self._samples.append(latency_s)
         # Called while the call still holds its slot: in_flight counts it.
         self._busy |= 2 * self._limiter.in_flight >= self._limiter.limit
-        window = PROBE_WINDOW if self._probe_since is not None else max(MIN_WINDOW, 2 * self._limiter.limit)
+        if self._probe_since is not None:
+            window = PROBE_WINDOW
+        elif self._slow_start:
+            window = max(SLOW_START_WINDOW, self._limiter.limit)
+        else:
+            window = max(MIN_WINDOW, 2 * self._limiter.limit)
         if len(self._samples) < window:
             return
         # The median: a pause of the worker's own event loop stretches a few calls, not the guard's speed.
@@ -123,12 +132,7 @@ class AdaptiveLimit:
         if gradient >= 1.0:
             if not busy:
                 return
-            if self._slow_start:
-                step = self._limit
-            elif self._limit >= self._cautious_above:
-                step = 1.0
-            else:
-                step = max(1.0, self._limit * GROWTH)
+            step = 1.0 if self._limit >= self._cautious_above else max(1.0, self._limit * GROWTH)
             self._apply(self._limit + step, why="the guard keeps up")
         else:
             self._slow_start = False
