@@ -22,8 +22,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -36,6 +34,16 @@ from worker.dev.sim.config import (
     configure_parser,
 )
 from worker.dev.sim.faults import FaultKind, SimState, content_key, sample_latency_s
+from worker.dev.sim.requests import (
+    INVALID_REQUEST,
+    ApiError,
+    Chat,
+    bad_request,
+    error_response,
+    overflow_error,
+    parse_chat,
+    parse_moderation,
+)
 from worker.dev.sim.verdicts import (
     classify,
     estimate_completion_tokens,
@@ -49,102 +57,11 @@ __all__ = ["SIM_STATE", "SimConfig", "build_app", "classify", "configure_parser"
 
 SIM_STATE = web.AppKey("guard_sim_state", SimState)
 
-DEFAULT_MAX_TOKENS = 128
 # A reply a confused model might give: valid JSON, HTTP 200, but no "Safety:" line to parse.
 GARBAGE_TEXT = "I am not sure how to assess this conversation."
-_INVALID_REQUEST = "invalid request"
 
 
-class _ApiError(Exception):
-    """An OpenAI-style error reply; ``fault`` is the key it is counted under in ``/sim/stats``."""
-
-    def __init__(
-        self, status: int, error_type: str, message: str, fault: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
-        self.message = message
-        self.fault = fault
-        self.headers = headers or {}
-
-
-@dataclass(frozen=True)
-class _Chat:
-    model: str
-    messages: list[dict[str, str]]
-    max_tokens: int
-
-
-def _error_response(config: SimConfig, error: _ApiError) -> web.Response:
-    """The error body in the configured shape: nested (vLLM >= 0.10.1) or flat (older vLLM)."""
-    detail = {"message": error.message, "type": error.error_type, "param": None, "code": error.status}
-    body = {"error": detail} if config.error_shape == "nested" else {"object": "error", **detail}
-    return web.json_response(body, status=error.status, headers=error.headers)
-
-
-def _bad_request(message: str) -> _ApiError:
-    return _ApiError(400, "BadRequestError", message, "bad_request")
-
-
-def _overflow_error(config: SimConfig, prompt_tokens: int, max_tokens: int) -> _ApiError:
-    # A forced overflow still reports numbers that exceed the window, as a real one would.
-    prompt_tokens = max(prompt_tokens, config.max_model_len - max_tokens + 1)
-    message = (
-        f"This model's maximum context length is {config.max_model_len} tokens. However, you requested "
-        f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
-        "completion). Please reduce the length of the messages or completion."
-    )
-    return _ApiError(400, "BadRequestError", message, "overflow")
-
-
-def _parse_messages(raw: object) -> list[dict[str, str]]:
-    if not isinstance(raw, list) or not raw:
-        raise _bad_request("'messages' must be a non-empty list")
-    messages: list[dict[str, str]] = []
-    for item in raw:
-        if not isinstance(item, dict):
-            raise _bad_request("each message must be an object")
-        role, content = item.get("role"), item.get("content")
-        if not isinstance(role, str) or not isinstance(content, str):
-            raise _bad_request("each message needs a string 'role' and a string 'content'")
-        messages.append({"role": role, "content": content})
-    return messages
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400 as vLLM gives it."""
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise _bad_request("The request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise _bad_request("The request body must be a JSON object")
-    return body
-
-
-async def _parse_chat(request: web.Request, config: SimConfig) -> _Chat:
-    """Validate a chat completion request the way vLLM does: body first (400), then the model (404)."""
-    body = await _json_object(request)
-    messages = _parse_messages(body.get("messages"))
-    # vLLM serves its (only) model when the request names none.
-    model = body.get("model") or config.model
-    max_tokens = body.get("max_tokens")
-    max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
-    if not isinstance(model, str):
-        raise _bad_request("'model' must be a string")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise _bad_request("'max_tokens' must be a positive integer")
-    if model not in (config.model, config.llamaguard_model) or config.loading:
-        raise _not_found(model)
-    return _Chat(model, messages, max_tokens)
-
-
-def _not_found(model: str) -> _ApiError:
-    return _ApiError(404, "NotFoundError", f"The model `{model}` does not exist.", "model_not_found")
-
-
-def _completion(chat: _Chat, text: str, finish_reason: str, completion_tokens: int) -> web.Response:
+def _completion(chat: Chat, text: str, finish_reason: str, completion_tokens: int) -> web.Response:
     """A vLLM chat completion body around one assistant reply."""
     prompt_tokens = estimate_prompt_tokens(chat.messages)
     choice = {
@@ -182,7 +99,7 @@ async def _flood(request: web.Request, megabytes: int) -> web.StreamResponse:
     return response
 
 
-def _reply(state: SimState, chat: _Chat, fault: FaultKind | None) -> web.Response:
+def _reply(state: SimState, chat: Chat, fault: FaultKind | None) -> web.Response:
     """The 200 reply: a verdict, or the garbage / truncated / echoed reply a fault asks for."""
     if fault == "garbage":
         return _completion(chat, GARBAGE_TEXT, "stop", estimate_completion_tokens(GARBAGE_TEXT))
@@ -214,22 +131,22 @@ def _drop_connection(request: web.Request) -> None:
     transport.abort()
 
 
-def _gateway_rejection(state: SimState, fault: FaultKind | None) -> _ApiError | None:
+def _gateway_rejection(state: SimState, fault: FaultKind | None) -> ApiError | None:
     """The error reply of an injected gateway-style fault (503, 429, 400, redirect), or None."""
     if fault == "503":
-        return _ApiError(503, "ServiceUnavailableError", "Service Unavailable", "503")
+        return ApiError(503, "ServiceUnavailableError", "Service Unavailable", "503")
     if fault == "429":
         retry_after = f"{state.config.retry_after_s:g}"
-        return _ApiError(429, "RateLimitError", "Too Many Requests", "429", {"Retry-After": retry_after})
+        return ApiError(429, "RateLimitError", "Too Many Requests", "429", {"Retry-After": retry_after})
     if fault == "400":
-        return _ApiError(400, "BadRequestError", _INVALID_REQUEST, "400")
+        return ApiError(400, "BadRequestError", INVALID_REQUEST, "400")
     if fault == "redirect":
         headers = {"Location": state.config.redirect_url}
-        return _ApiError(307, "TemporaryRedirect", "moved", "redirect", headers)
+        return ApiError(307, "TemporaryRedirect", "moved", "redirect", headers)
     return None
 
 
-def _rejection(state: SimState, chat: _Chat, fault: FaultKind | None) -> _ApiError | None:
+def _rejection(state: SimState, chat: Chat, fault: FaultKind | None) -> ApiError | None:
     """The error reply for this call (an injected fault, or a real context overflow), or None to process it.
 
     Gateway-style faults (503, 429) come first: a gateway answers before vLLM validates anything.
@@ -239,13 +156,13 @@ def _rejection(state: SimState, chat: _Chat, fault: FaultKind | None) -> _ApiErr
         return error
     prompt_tokens = estimate_prompt_tokens(chat.messages)
     if fault == "overflow" or prompt_tokens + chat.max_tokens > state.config.max_model_len:
-        return _overflow_error(state.config, prompt_tokens, chat.max_tokens)
+        return overflow_error(state.config, prompt_tokens, chat.max_tokens)
     return None
 
 
 async def _process(state: SimState, request: web.Request) -> web.StreamResponse:
     """One chat call: validate, maybe inject a fault, queue for capacity, sleep the latency, reply."""
-    chat = await _parse_chat(request, state.config)
+    chat = await parse_chat(request, state.config)
     content = chat.messages[-1]["content"]
     key = content_key(content)
     state.stats.record_call(key, request.headers.get("traceparent"))
@@ -273,7 +190,7 @@ async def _serve_time(
     if fault == "flood":
         return await _flood(request, state.config.flood_mb)
     if state.config.reject_above_capacity and not state.gate.has_room():
-        raise _ApiError(429, "RateLimitError", "Too Many Requests", "overload")
+        raise ApiError(429, "RateLimitError", "Too Many Requests", "overload")
     # Sampled on arrival, before queueing, so a sequential run draws the same latencies every time.
     latency_s = sample_latency_s(state.config, state.rng, content)
     await state.gate.acquire()
@@ -284,31 +201,11 @@ async def _serve_time(
     return None
 
 
-async def _parse_moderation(request: web.Request, config: SimConfig) -> list[str]:
-    """The texts of a moderation request (``input``: a string, or a list of strings or text parts)."""
-    body = await _json_object(request)
-    model = body.get("model") or config.moderation_model
-    if model != config.moderation_model or config.loading:
-        raise _not_found(model if isinstance(model, str) else repr(model))
-    raw = body.get("input")
-    items = [raw] if isinstance(raw, str) else raw
-    if not isinstance(items, list) or not items:
-        raise _bad_request("'input' must be a string or a non-empty list")
-    texts: list[str] = []
-    for item in items:
-        if isinstance(item, dict) and item.get("type") == "text" and isinstance(item.get("text"), str):
-            item = item["text"]
-        if not isinstance(item, str):
-            raise _bad_request("each input must be a string or a text part")
-        texts.append(item)
-    return texts
-
-
 async def _moderate(state: SimState, request: web.Request) -> web.StreamResponse:
     """One moderation request: every input counts as a call; the first input's fault that concerns the
     whole request (gateway faults, reset, hang, flood) applies to it, while garbage gives only that input
     a malformed result and echo leaves its result out (a count mismatch)."""
-    texts = await _parse_moderation(request, state.config)
+    texts = await parse_moderation(request, state.config)
     faults = []
     for text in texts:
         key = content_key(text)
@@ -321,7 +218,7 @@ async def _moderate(state: SimState, request: web.Request) -> web.StreamResponse
         return web.Response(status=499)
     error = _gateway_rejection(state, whole)
     if error is None and whole == "overflow":
-        error = _bad_request("This model's maximum context length is exceeded by an input")
+        error = bad_request("This model's maximum context length is exceeded by an input")
     if error is not None:
         raise error
     early = await _serve_time(state, request, whole, texts[0])
@@ -349,9 +246,9 @@ async def _answer(
     state.stats.request_started()
     try:
         return await process(state, request)
-    except _ApiError as error:
+    except ApiError as error:
         state.stats.faults[error.fault] += 1
-        return _error_response(state.config, error)
+        return error_response(state.config, error)
     finally:
         # Looked up again: a /sim/reset during this call swapped in fresh counters.
         request.app[SIM_STATE].stats.request_finished()
@@ -418,7 +315,7 @@ async def _update_config(request: web.Request) -> web.Response:
         apply_update(state.config, patch)
     except (json.JSONDecodeError, UnicodeDecodeError, SimConfigError) as exc:
         message = str(exc) if isinstance(exc, SimConfigError) else "The request body is not valid JSON"
-        return _error_response(state.config, _bad_request(message))
+        return error_response(state.config, bad_request(message))
     if state.config.seed != old_seed:
         state.rng.seed(state.config.seed)
     state.gate.admit()  # capacity may have grown: let queued calls in now
