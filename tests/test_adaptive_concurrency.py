@@ -5,6 +5,7 @@ every slot's call takes the service time stretched by the guard's queue."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 
 import pytest
 
@@ -129,7 +130,7 @@ async def test_a_slow_start_reaches_the_guards_capacity_in_a_few_rounds_in_small
     # One round of calls a step while the guard keeps up: K is reached within about 20 rounds (with
     # windows of two rounds and more it took over 40), never by a step larger than later ones.
     assert next(i for i, limit in enumerate(limits) if limit >= 16) < 25, limits[:30]
-    steps = [(before, now) for before, now in zip(limits, limits[1:], strict=False) if now > before]
+    steps = [(before, now) for before, now in itertools.pairwise(limits) if now > before]
     assert all(now - before <= max(1, before // 10) + 1 for before, now in steps), steps
     settled = limits[40:]
     assert all(16 <= limit <= 24 for limit in settled), settled

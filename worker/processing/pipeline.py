@@ -21,22 +21,16 @@ count) only when guardq wrote them: on a retry topic, or on an input record whos
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import enum
 import functools
 import logging
 import time
-from dataclasses import dataclass
 
 from aiokafka.structs import ConsumerRecord
-from opentelemetry.trace import Span, SpanKind, Tracer
-from redis.exceptions import RedisError
+from opentelemetry.trace import SpanKind, Tracer
 
 from worker.config.settings import Settings
 from worker.core.errors import (
     GuardqError,
-    IdConflict,
     InternalError,
     InvalidInput,
     UndecodableRecord,
@@ -52,43 +46,15 @@ from worker.failures.outbox import TOO_LARGE, Outbox
 from worker.failures.schedule import Hop, RetrySchedule
 from worker.kafka.batches import Undecodable
 from worker.processing.breaker import OutageFallback
+from worker.processing.claims import Claims
+from worker.processing.delivery import Delivery, Outcome
 from worker.processing.guardcall import Answer, GuardCaller
 from worker.processing.retry import GuardCallFailed, until_available
-from worker.store.verdicts import ClaimState, Lease, LeaseKeeper, VerdictStore
+from worker.store.verdicts import LeaseKeeper, VerdictStore
 from worker.telemetry import tracing
 from worker.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-LEASE_POLL_MIN_S = 0.05
-LEASE_POLL_MAX_S = 1.0
-
-
-class Outcome(enum.Enum):
-    """What became of one message."""
-
-    MODERATED = "moderated"  # guard called, verdict stored and published
-    DUPLICATE = "duplicate"  # a verdict was already stored: re-published, no guard call
-    DEAD_LETTERED = "dead_lettered"  # bad input or a guard failure: sent to the DLQ with a reason
-    RETRY_SCHEDULED = "retry_scheduled"  # transient failures outlasted the retries: sent to a retry topic
-    PARKED = "parked"  # guard outage under a fallback policy: provisional verdict given, parked for later
-
-
-@dataclass
-class Delivery:
-    """One delivery of one record, and what every step of its handling needs: read once, at the start."""
-
-    record: ConsumerRecord
-    span: Span
-    started: float  # monotonic time the handling began
-    hops: int  # retry steps taken: 0 on the input topic, k on the k-th retry topic
-    carried: int  # guard calls made for it on earlier hops
-    force: str | None  # the token of a forced replay (`guardq dlq replay --force`), if it carries one
-    message_id: str | None = None  # once the value parsed
-
-    @property
-    def where(self) -> str:
-        return f"{self.record.topic}/{self.record.partition}@{self.record.offset}"
 
 
 class Pipeline:
@@ -118,9 +84,7 @@ class Pipeline:
         self._outage_action: Action = parse_action(
             settings.outage_policy if settings.outage_policy != "wait" else "review"
         )
-        # Ids whose lease a delivery in this process holds: other deliveries of them wait on the event
-        # instead of polling Redis.
-        self._moderating: dict[str, asyncio.Event] = {}
+        self._claims = Claims(store, tracer)
 
     async def handle(self, record: ConsumerRecord) -> Outcome:
         """Process one record until it is done; see the module docstring for what propagates."""
@@ -181,13 +145,13 @@ class Pipeline:
 
     async def _moderate(self, delivery: Delivery, request: ModerationRequest) -> Outcome:
         # `guardq dlq replay --force`: moderate again and overwrite, if Redis holds the replay's token.
-        lease = await self._wait_for_lease(request, force_token=delivery.force)
+        lease = await self._claims.take(request, force_token=delivery.force)
         if isinstance(lease, bytes):
             await self._publish(delivery, request.id, lease, built_by=None)
             return Outcome.DUPLICATE
         stored: bytes | None = None
         built: Verdict | ProvisionalVerdict
-        done = self._moderating[request.id] = asyncio.Event()
+        done = self._claims.begin(request.id)
         try:
             with self._leases.holding(lease):
                 try:
@@ -206,13 +170,11 @@ class Pipeline:
                 else:
                     built = self._verdict(delivery, request, answer)
                 document = built.to_json()
-                stored = await self._store_verdict(lease, document, force_token=delivery.force)
+                stored = await self._claims.store(lease, document, force_token=delivery.force)
         finally:
             if stored is None:  # no verdict stored: free the id for the next delivery at once
-                await self._release_quietly(lease)
-            if self._moderating.get(request.id) is done:
-                del self._moderating[request.id]
-            done.set()
+                await self._claims.release_quietly(lease)
+            self._claims.end(request.id, done)
         if isinstance(built, ProvisionalVerdict):
             return await self._park(delivery, request.id, stored, built if stored is document else None)
         # Ours is published as built; one stored first by another worker is read for its trace id.
@@ -321,54 +283,6 @@ class Pipeline:
             log.warning("%s cannot go to %s (%s)", delivery.where, hop.topic, type(exc).__name__)
             return False
         return True
-
-    async def _store_verdict(self, lease: Lease, document: bytes, *, force_token: str | None) -> bytes:
-        """Store the verdict, waiting out a Redis outage here rather than calling the guard again.
-        Returns what is stored: ours, or the verdict of a worker that took over a lost lease first."""
-        with tracing.child_span(self._tracer, "redis store", SpanKind.CLIENT) as span:
-            span.set_attribute("db.system.name", "redis")
-            return await until_available(
-                functools.partial(self._store.save, lease, document, force_token=force_token),
-                what=f"storing the verdict of id={lease.message_id}",
-            )
-
-    async def _release_quietly(self, lease: Lease) -> None:
-        """Drop a lease; if Redis is down it expires by itself, and a cancellation must stay one."""
-        try:
-            await asyncio.shield(self._store.release(lease))
-        except (RedisError, OSError) as exc:
-            log.warning(
-                "could not release the lease of id=%s (%s); it expires by itself", lease.message_id, exc
-            )
-
-    async def _wait_for_lease(self, request: ModerationRequest, *, force_token: str | None) -> Lease | bytes:
-        """Take the in-flight lease, or return the stored verdict (ignored for a standing force token).
-        Waits while another delivery of the same content holds the lease: one of this process on its
-        completion, one elsewhere by polling. Raises ``IdConflict`` when the id's verdict or lease is for
-        other content."""
-        poll_s = LEASE_POLL_MIN_S
-        while True:
-            claim, lease = await self._store.claim(
-                request.id, request.content_sha256, force_token=force_token
-            )
-            if claim.state is ClaimState.ACQUIRED and lease is not None:
-                return lease
-            if claim.state is ClaimState.VERDICT and claim.verdict is not None:
-                return claim.verdict
-            if claim.state is ClaimState.CONFLICT:
-                raise IdConflict("the id has a verdict, or a moderation in flight, for other content")
-            # Busy: another delivery is moderating this content. Re-check once it is done here, or after a
-            # short, growing pause, never past the moment its lease would expire.
-            wait_s = min(poll_s, max(claim.lease_ttl_ms / 1000, 0.01))
-            local = self._moderating.get(request.id)
-            if local is not None:
-                with contextlib.suppress(TimeoutError):
-                    # asyncio.timeout keeps a drain's cancellation (3.11's wait_for may lose it).
-                    async with asyncio.timeout(max(wait_s, self._store.lease_ttl_s)):
-                        await local.wait()
-                continue
-            await asyncio.sleep(wait_s)
-            poll_s = min(poll_s * 2, LEASE_POLL_MAX_S)
 
     def _verdict(self, delivery: Delivery, request: ModerationRequest, answer: Answer) -> Verdict:
         verdict = answer.verdict
