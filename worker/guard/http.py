@@ -71,11 +71,13 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> tuple[bytes, b
     """At most ``cap`` bytes of the body, and whether that is all of it (the rest is never read: the
     connection is closed instead of drained)."""
     declared = resp.content_length
-    if declared is not None:
-        if declared > cap:
-            resp.close()
-            return b"", False
-        return await resp.read(), True  # aiohttp reads exactly the declared length
+    if declared is not None and declared > cap:
+        resp.close()
+        return b"", False
+    if declared is not None and resp.headers.get("Content-Encoding", "identity").lower() == "identity":
+        # Exactly the declared length, uncompressed: one read. A compressed body's declared length says
+        # nothing of what it inflates to, so it is read in chunks against the cap below.
+        return await resp.read(), True
     body = bytearray()
     async for chunk in resp.content.iter_chunked(_READ_CHUNK_BYTES):
         body += chunk

@@ -5,10 +5,10 @@ then timeouts and retries. The controller compares the median latency of each wi
 median: a pause of the worker's own event loop stretches a few calls, not the guard) with the guard's
 no-load latency: while it stays within ``tolerance`` times the no-load latency the guard is not queueing
 and the cap grows (by a tenth, at least one slot) if the window used at least half of it (a cap nobody
-reaches proves nothing and is left alone). Until the guard first queues or refuses, a window is one
-round of calls rather than two (a slow start): a worker reaches what the guard serves in a fraction of
-the time, overshooting it by no more than later steps do; above it the cap shrinks half of the way the latency ratio
-asks (never below half). A 429 or a 503 shrinks it at once, to 0.85 of itself (a timeout: 0.7), once
+reaches proves nothing and is left alone); above it the cap shrinks half of the way the latency ratio
+asks (never below half). Until the guard first queues or refuses, a window is one round of calls rather
+than two (a slow start): a worker reaches what the guard serves in about half the time, in the same
+small steps. A 429 or a 503 shrinks it at once, to 0.85 of itself (a timeout: 0.7), once
 per window, and remembers where that happened: from there on the cap grows one slot per window past nine
 tenths of it (a guard that refuses instead of queueing shows no latency to steer by).
 
