@@ -149,3 +149,22 @@ async def test_tail_interrupted_exits_130(make_settings: SettingsFactory) -> Non
     assert b"following" in started, started
     process.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(process.wait(), timeout=30) == 130
+
+
+def test_a_password_in_a_redis_url_query_is_masked_and_refused_as_a_flag() -> None:
+    env = dict(os.environ) | {"GUARDQ_REDIS_URL": "redis://h:6379/0?password=q-secret-1"}
+    shown = guardq("config", env=env)
+    assert shown.returncode == 0 and "q-secret-1" not in shown.stdout
+    assert "password=***" in shown.stdout
+    refused = guardq("config", "--redis-url", "redis://h:6379/0?password=q-secret-1")
+    assert refused.returncode == 2 and "carries a password" in refused.stderr
+    assert "q-secret-1" not in refused.stderr
+
+
+def test_a_child_process_gets_a_file_secret_as_its_value(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("sk-child-1\n")
+    parent_env = {"GUARDQ_GUARD_API_KEY_FILE": str(key)}
+    child = Settings.load(parent_env).child_env(parent_env)
+    assert "GUARDQ_GUARD_API_KEY_FILE" not in child
+    assert Settings.load(child).guard_api_key == "sk-child-1"

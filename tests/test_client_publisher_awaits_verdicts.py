@@ -113,3 +113,28 @@ def test_bad_options_are_named_as_the_caller_wrote_them() -> None:
         Publisher(topic="a b")
     with pytest.raises(TypeError, match="unknown options: bootstrap_servers"):
         Publisher(bootstrap_servers="x:1")
+
+
+async def test_without_a_reachable_redis_the_verdict_topic_still_answers(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings()
+    async with (
+        running_worker(settings),
+        Publisher(
+            settings.kafka_bootstrap,
+            settings.input_topic,
+            verdict_topic=settings.verdict_topic,
+            redis_url="redis://127.0.0.1:1/0",  # nothing listens there
+        ) as publisher,
+    ):
+        verdict = await publisher.moderate("a recipe for stew", timeout_s=30)
+    assert isinstance(verdict, Verdict) and verdict.label == "safe"
+
+
+async def test_a_publisher_that_fails_to_open_leaves_nothing_running(make_settings: SettingsFactory) -> None:
+    settings = make_settings()
+    publisher = Publisher(settings.kafka_bootstrap, settings.input_topic, redis_url="redis://h:notaport/0")
+    with pytest.raises(ValueError):
+        await publisher.__aenter__()
+    assert publisher._producer._producer is None, "the started producer was stopped again"

@@ -92,13 +92,16 @@ def test_missing_fields_and_wrong_documents_are_named() -> None:
         parse_verdict(b"[1]")
 
 
-def test_seen_verdicts_pass_one_provisional_then_one_final_per_id() -> None:
+def test_seen_verdicts_pass_one_provisional_then_each_final_verdict_made_once() -> None:
     seen = SeenVerdicts(remember=2)
     assert seen.first(provisional("a"))
     assert not seen.first(provisional("a"))
     assert seen.first(final("a"))
     assert not seen.first(final("a"))
     assert not seen.first(provisional("a")), "a provisional verdict after the final one is old news"
+    remoderated = final("a", processed_at="2026-12-03T11:00:00.000Z", label="safe", action="allow")
+    assert seen.first(remoderated), "a forced replay's new verdict is news"
+    assert not seen.first(remoderated)
     assert seen.first(final("b")) and seen.first(final("c"))
     assert seen.first(final("a")), "only the last `remember` ids are remembered"
 

@@ -1,9 +1,9 @@
 """``VerdictConsumer``: reading the verdict topic in a consumer group, each id's verdict once.
 
 The worker publishes at least once: a redelivered message republishes its stored verdict, and during a
-guard outage an id may get a provisional verdict and later its final one. This consumer yields the first
-verdict of each kind per id and drops the repeats it remembers (the last ``remember`` ids), so a caller
-sees: a provisional verdict (maybe), then the final one. Offsets are committed by ``commit()``, after the
+guard outage an id may get a provisional verdict and later its final one. This consumer drops the repeats
+it remembers (the last ``remember`` ids), so a caller sees a provisional verdict (maybe), then the final
+one, and a final one made anew (`guardq dlq replay --force`) again. Offsets are committed by ``commit()``, after the
 caller has acted on what it was given: a crash before it means those verdicts come again (act idempotently).
 """
 
@@ -24,25 +24,27 @@ from worker.kafka import clients as kafka
 
 
 class SeenVerdicts:
-    """Which kind of verdict (provisional, final) each of the last ``remember`` ids has had."""
+    """What the last ``remember`` ids have had: nothing yet, a provisional verdict, or a final verdict
+    (and when it was made: a forced replay's re-moderation makes a new one, a redelivery repeats it)."""
 
     def __init__(self, remember: int) -> None:
         self._remember = remember
-        self._final: OrderedDict[str, bool] = OrderedDict()
+        self._final_at: OrderedDict[str, str | None] = OrderedDict()  # None: provisional only
 
     def first(self, verdict: AnyVerdict) -> bool:
-        """Whether ``verdict`` is news: the id's first final verdict, or its first provisional one before
-        any final. Records it."""
-        final = not verdict.provisional
-        seen = self._final.get(verdict.id)
-        if seen is not None and (seen or not final):
-            self._final.move_to_end(verdict.id)
-            return False
-        self._final[verdict.id] = final
-        self._final.move_to_end(verdict.id)
-        while len(self._final) > self._remember:
-            self._final.popitem(last=False)
-        return True
+        """Whether ``verdict`` is news, and records it: an id's first verdict; its first final one after a
+        provisional one; a final one made anew (``processed_at`` differs). A provisional verdict after a
+        final one, or a verdict republished as it was, is not."""
+        known = verdict.id in self._final_at
+        made_at = self._final_at.get(verdict.id)
+        news = not known if verdict.provisional else made_at != verdict.processed_at
+        if news:
+            self._final_at[verdict.id] = None if verdict.provisional else verdict.processed_at
+        if known or news:
+            self._final_at.move_to_end(verdict.id)
+        while len(self._final_at) > self._remember:
+            self._final_at.popitem(last=False)
+        return news
 
 
 class VerdictConsumer:

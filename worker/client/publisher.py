@@ -5,6 +5,7 @@ verdict. One publisher holds one producer, one reader of the verdict topic (open
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from collections.abc import Mapping
@@ -13,16 +14,18 @@ from typing import Any
 
 from opentelemetry.sdk.trace import TracerProvider
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from worker.client.options import settings_from_keywords
 from worker.client.waiter import AnyVerdict, Expected, VerdictWaiter
 from worker.config.settings import Settings
 from worker.core.guard_types import Kind
-from worker.core.messages import content_digest
 from worker.core.verdict import parse_verdict
 from worker.kafka.publish import InputProducer
 from worker.store.keys import RedisKeys
 from worker.store.verdicts import RedisSecurity, connect_redis
+
+log = logging.getLogger(__name__)
 
 # While a moderate() waits on the verdict topic, Redis (when given) is asked again after these waits:
 # a safety net for a verdict the topic reader missed, never a tight loop.
@@ -30,13 +33,16 @@ REDIS_CHECKS_S = (0.5, 1.0, 2.0, 4.0)
 
 
 class ModerationTimeout(TimeoutError):
-    """No verdict for ``message_id`` within the timeout. The request was published and will still be
-    moderated: the caller applies its own fail-open or fail-closed rule now."""
+    """No verdict for ``message_id`` within the timeout: the caller applies its own fail-open or
+    fail-closed rule now. ``published`` says whether the broker had the request by then (if so, it will
+    still be moderated, and its verdict stored under that id)."""
 
-    def __init__(self, message_id: str, timeout_s: float) -> None:
-        super().__init__(f"no verdict for id {message_id!r} within {timeout_s:g} s")
+    def __init__(self, message_id: str, timeout_s: float, *, published: bool) -> None:
+        state = "published" if published else "not yet published"
+        super().__init__(f"no verdict for id {message_id!r} within {timeout_s:g} s ({state})")
         self.message_id = message_id
         self.timeout_s = timeout_s
+        self.published = published
 
 
 class VerdictConflict(ValueError):
@@ -101,22 +107,27 @@ class Publisher:
 
     async def __aenter__(self) -> Publisher:
         await self._producer.__aenter__()
+        try:
+            if self._use_redis:
+                self._redis = connect_redis(
+                    self._settings.redis_url,
+                    max_connections=64,
+                    security=RedisSecurity.from_settings(self._settings),
+                )
+        except BaseException:
+            await self._producer.__aexit__(None, None, None)
+            raise
         self._open = True
-        if self._use_redis:
-            self._redis = connect_redis(
-                self._settings.redis_url,
-                max_connections=64,
-                security=RedisSecurity.from_settings(self._settings),
-            )
         return self
 
     async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
-        self._open = False
-        if self._waiter is not None:
-            await self._waiter.stop()
-            self._waiter = None
+        async with self._waiter_started:  # a reader still starting is stopped too
+            self._open = False
+            if self._waiter is not None:
+                await self._waiter.stop()
+                self._waiter = None
         if self._redis is not None:
-            await self._redis.aclose()
+            await self._redis.aclose(close_connection_pool=True)
             self._redis = None
         await self._producer.__aexit__(*exc)
 
@@ -151,31 +162,34 @@ class Publisher:
         ``redis_url``) is returned without publishing again. During a guard outage the worker may answer
         with a ``ProvisionalVerdict`` first; ``final_only`` waits for the guard's verdict instead.
 
-        Raises ``ModerationTimeout`` (carrying the id) when no verdict comes within ``timeout_s``,
-        ``VerdictConflict`` when the id has a verdict for other content, ``InvalidInput`` for a bad request."""
-        document = _document(text, id, kind, prompt, metadata)
-        message_id = str(document["id"])
-        digest = content_digest(kind, prompt if kind == "response" else None, text)
-        if (stored := await self._stored(message_id, digest, final_only)) is not None:
-            return stored
-        waiter = await self._verdict_reader()
-        expected = waiter.expect(message_id, digest, final_only=final_only)
+        Raises ``InvalidInput`` for a bad request (before anything else); ``ModerationTimeout`` (carrying
+        the id) when no verdict comes within ``timeout_s``, which covers everything: starting the verdict
+        reader, Redis, the publish; ``VerdictConflict`` when Redis holds a verdict of this id for other
+        content (without Redis, the worker dead-letters such a request and the call times out)."""
+        value, request = self._producer.prepare(_document(text, id, kind, prompt, metadata))
+        published = False
         try:
-            await self._producer.publish(document)
-            return await self._wait(expected, timeout_s)
-        finally:
-            waiter.forget(expected)
+            async with asyncio.timeout(timeout_s):  # everything counts: the reader, Redis, the publish
+                stored = await self._stored(request.id, request.content_sha256, final_only)
+                if stored is not None:
+                    return stored
+                waiter = await self._verdict_reader()
+                expected = waiter.expect(request.id, request.content_sha256, final_only=final_only)
+                try:
+                    await (await self._producer.enqueue_prepared(value, request))
+                    published = True
+                    return await self._wait(expected)
+                finally:
+                    waiter.forget(expected)
+        except TimeoutError:
+            raise ModerationTimeout(request.id, timeout_s, published=published) from None
 
-    async def _wait(self, expected: Expected, timeout_s: float) -> AnyVerdict:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        checks = iter(REDIS_CHECKS_S if self._redis is not None else ())
+    async def _wait(self, expected: Expected) -> AnyVerdict:
+        """Until the reader hands over the verdict; with Redis, asking it too after each pause."""
+        checks = iter(REDIS_CHECKS_S)
         while not expected.verdict.done():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise ModerationTimeout(expected.message_id, timeout_s)
-            pause = next(checks, REDIS_CHECKS_S[-1]) if self._redis is not None else remaining
-            await asyncio.wait([expected.verdict], timeout=min(pause, remaining))
+            pause = next(checks, REDIS_CHECKS_S[-1]) if self._redis is not None else None
+            await asyncio.wait([expected.verdict], timeout=pause)
             if not expected.verdict.done() and self._redis is not None:
                 stored = await self._stored(expected.message_id, expected.content_sha256, expected.final_only)
                 if stored is not None:
@@ -186,7 +200,11 @@ class Publisher:
         """The verdict Redis holds for ``message_id`` when it answers this content (None without Redis)."""
         if self._redis is None:
             return None
-        raw = await self._redis.get(self._keys.verdict(message_id))
+        try:
+            raw = await self._redis.get(self._keys.verdict(message_id))
+        except (RedisError, OSError) as exc:  # the verdict topic still answers
+            log.warning("Redis did not answer (%s); waiting on the verdict topic", exc)
+            return None
         if raw is None:
             return None
         try:
@@ -200,9 +218,9 @@ class Publisher:
         return verdict
 
     async def _verdict_reader(self) -> VerdictWaiter:
-        if not self._open:
-            raise RuntimeError("Publisher used outside 'async with'")
         async with self._waiter_started:
+            if not self._open:
+                raise RuntimeError("Publisher used outside 'async with'")
             if self._waiter is None:
                 waiter = VerdictWaiter(self._settings)
                 await waiter.start()

@@ -12,7 +12,6 @@ import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
-from urllib.parse import urlparse
 
 from worker.config.checks import check
 from worker.config.spec import SettingsError as SettingsError
@@ -22,6 +21,7 @@ from worker.config.spec import (
     secret_from_file,
     setting,
     spelling_of_none,
+    url_passwords,
 )
 from worker.config.values import (
     _action,
@@ -297,6 +297,8 @@ class Settings:
                     env[spec.env] = spelled
             else:
                 env[spec.env] = ",".join(value) if isinstance(value, tuple) else str(value)
+            if spec.secret:
+                env.pop(spec.file_env, None)  # the value itself is set (or unset) now
         return env
 
     def redacted(self) -> dict[str, Any]:
@@ -360,7 +362,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, str | None]:
     given = {spec.field: getattr(args, spec.field, None) for spec in SPECS}
     for spec in SPECS:
         value = given[spec.field]
-        if spec.url and value is not None and urlparse(value).password:
+        if spec.url and value is not None and url_passwords(value):
             raise SettingsError(
                 f"{spec.flag} carries a password, which any user of the machine can read (ps, "
                 f"shell history): give that URL in {spec.env} instead"

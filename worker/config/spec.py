@@ -3,6 +3,7 @@ secrets read from files, URLs shown without their password). ``worker.config.set
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -52,11 +53,35 @@ def setting(
     return dataclass_field(metadata={"setting": (default, parse, help, secret, url)})
 
 
+_USERINFO = re.compile(r"(?<=//)[^/@]*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
+def url_passwords(raw: str) -> list[str]:
+    """The passwords a URL carries: in its user info (``redis://user:pw@host``) or its query
+    (``?password=pw``, which redis-py reads too)."""
+    found: list[str] = []
+    try:
+        parsed = urlparse(raw)
+        if parsed.password:
+            found.append(parsed.password)
+    except ValueError:  # not a URL at all (a bad port, an unclosed bracket)
+        pass
+    found += [match.group(0).split("=", 1)[1] for match in _QUERY_PASSWORD.finditer(raw)]
+    return [password for password in found if password]
+
+
 def mask_url_password(raw: str) -> str:
-    """``raw`` with the password of a URL (``redis://user:pw@host``) replaced by ``***``."""
-    parsed = urlparse(raw)
-    if not parsed.password:
-        return raw
+    """``raw`` with every password it carries replaced by ``***`` (user info and ``?password=``); a URL
+    that does not parse has its whole user info masked."""
+    masked = _QUERY_PASSWORD.sub(r"\1***", raw)
+    try:
+        parsed = urlparse(masked)
+        password = parsed.password
+    except ValueError:
+        return _USERINFO.sub("***@", masked)
+    if not password:
+        return masked
     userinfo = f"{parsed.username or ''}:***"
     return parsed._replace(netloc=f"{userinfo}@{parsed.netloc.rpartition('@')[2]}").geturl()
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.transaction import InitProducerIdRequest
 
@@ -70,23 +70,34 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
-# Per bootstrap list: whether its brokers grant producer ids (asked once per process).
+# Per bootstrap list: whether its brokers grant producer ids, as they answered (asked once per process).
 _granted: dict[str, bool] = {}
 
 
 async def idempotence(settings: Settings) -> bool:
     """Whether guardq's producers are idempotent: GUARDQ_KAFKA_IDEMPOTENCE=true or false as set, and with
-    ``auto``, whether the broker grants a producer id (InitProducerId). ``true`` on a broker that does
-    not is a ``SettingsError``, not a producer that fails at its first send."""
+    ``auto``, whether the broker grants a producer id (InitProducerId). ``true`` on a broker that answers
+    that it does not is a ``SettingsError``, not a producer that fails at its first send. A broker that
+    cannot be asked (not reachable yet) decides nothing: ``auto`` goes without for this producer and asks
+    again next time; ``true`` raises the connection error."""
     wanted = settings.kafka_idempotence
     if wanted == "false":
         return False
     granted = _granted.get(settings.kafka_bootstrap)
     if granted is None:
-        granted = _granted[settings.kafka_bootstrap] = await _grants_producer_ids(settings)
+        try:
+            granted = await _grants_producer_ids(settings)
+        except (TimeoutError, KafkaConnectionError, OSError) as exc:
+            if wanted == "true":
+                raise
+            log.warning(
+                "could not ask the broker for a producer id (%r): this producer is not idempotent", exc
+            )
+            return False
+        _granted[settings.kafka_bootstrap] = granted
         log.info(
             "idempotent producer %s (GUARDQ_KAFKA_IDEMPOTENCE=%s; the broker %s producer ids)",
-            "on" if granted and wanted != "false" else "off",
+            "on" if granted else "off",
             wanted,
             "grants" if granted else "does not grant",
         )
@@ -99,14 +110,18 @@ async def idempotence(settings: Settings) -> bool:
 
 
 async def _grants_producer_ids(settings: Settings) -> bool:
+    """The broker's answer to InitProducerId; raises when it cannot be asked."""
     client = AIOKafkaClient(**connection_options(settings), request_timeout_ms=10_000)
     try:
         await client.bootstrap()
         request = InitProducerIdRequest(transactional_id=None, transaction_timeout_ms=60_000)
-        response = await client.send(client.get_random_node(), request)
+        try:
+            response = await client.send(client.get_random_node(), request)
+        except KafkaConnectionError:
+            raise
+        except KafkaError as exc:  # an API the broker does not have: an answer, and a no
+            log.info("the broker refused InitProducerId: %r", exc)
+            return False
         return int(response.error_code) == 0
-    except (TimeoutError, KafkaError, OSError) as exc:  # an API the broker lacks, a closed connection
-        log.info("the broker refused InitProducerId: %r", exc)
-        return False
     finally:
         await client.close()

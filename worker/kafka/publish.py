@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanKind
 
 from worker.config.settings import Settings
 from worker.core.errors import InvalidInput
-from worker.core.messages import decode_json_object, parse_request
+from worker.core.messages import ModerationRequest, decode_json_object, parse_request
 from worker.kafka import clients as kafka
 from worker.telemetry import tracing
 
@@ -76,10 +76,18 @@ class InputProducer:
 
     async def enqueue(self, document: dict[str, Any]) -> asyncio.Future[Published]:
         """Validate one request and queue it for sending; the future resolves when the broker has it."""
+        return await self.enqueue_prepared(*self.prepare(document))
+
+    def prepare(self, document: dict[str, Any]) -> tuple[bytes, ModerationRequest]:
+        """The record value of a request (an ``id`` added when missing) and the request as the worker
+        will read it. Raises ``InvalidInput`` for one it would dead-letter."""
         document = dict(document)
         document.setdefault("id", str(uuid.uuid4()))
         value = _dumps(document)
-        request = parse_request(value, self._settings.max_text_chars)
+        return value, parse_request(value, self._settings.max_text_chars)
+
+    async def enqueue_prepared(self, value: bytes, request: ModerationRequest) -> asyncio.Future[Published]:
+        """Queue a ``prepare``d request for sending; the future resolves when the broker has it."""
         return await self._send(request.id.encode("utf-8"), value, message_id=request.id)
 
     async def publish_raw(self, key: bytes | None, value: bytes) -> Published:

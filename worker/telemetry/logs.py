@@ -13,11 +13,12 @@ import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
 import orjson
 from opentelemetry import trace
 
+from worker.config.spec import url_passwords
 from worker.core.times import format_rfc3339
 
 if TYPE_CHECKING:
@@ -29,10 +30,9 @@ MIN_SECRET_CHARS = 6
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    """The secret values of ``settings``: API key, passwords, and the password inside GUARDQ_REDIS_URL."""
+    """The secret values of ``settings``: API key, passwords, and the passwords inside GUARDQ_REDIS_URL."""
     values = [settings.guard_api_key, settings.kafka_sasl_password, settings.redis_password]
-    password = urlparse(settings.redis_url).password
-    if password:
+    for password in url_passwords(settings.redis_url):
         values += [password, unquote(password)]
     return [value for value in values if value]
 
