@@ -129,3 +129,17 @@ async def test_a_draining_limiter_refuses_every_waiting_caller() -> None:
 def test_a_batch_needs_room_for_one() -> None:
     with pytest.raises(ValueError):
         _batcher(Guard(), ConcurrencyLimiter(1), max_size=0)
+
+
+async def test_a_batch_whose_sending_task_is_cancelled_leaves_no_caller_waiting() -> None:
+    guard = Guard(delay_s=60)
+    batcher = _batcher(guard, ConcurrencyLimiter(8), max_size=2, wait_s=0)
+    callers = [asyncio.create_task(_submit(batcher, text)) for text in ("a", "b")]
+    async with asyncio.timeout(2):
+        await guard.sent.wait()
+    senders = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "GuardBatcher._form"]  # type: ignore[union-attr]
+    assert len(senders) == 1
+    senders[0].cancel()  # the batch is in flight, handed on: its callers must still hear of it
+    async with asyncio.timeout(2):
+        outcomes = await asyncio.gather(*callers, return_exceptions=True)
+    assert all(isinstance(outcome, asyncio.CancelledError) for outcome in outcomes), outcomes

@@ -97,9 +97,11 @@ class GuardBatcher:
             answers = await self._send(
                 [item.request for item in batch], [Link(item.context) for item in batch]
             )
-        except Exception as exc:
+        except BaseException as exc:  # a cancellation too: nobody in the batch may be left waiting
             for item in batch:
                 _settle(item, exc)
+            if not isinstance(exc, Exception):
+                raise
             return
         if len(answers) != len(batch):  # a backend's bug: nobody may be left without an answer
             error = RuntimeError(f"a batch of {len(batch)} got {len(answers)} answers")
