@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -61,6 +62,13 @@ async def test_sigterm_finishes_in_flight_work_commits_it_and_exits_zero(
     assert took_s < 15
     assert set(await stored_verdicts(settings, ids)) == set(ids)
     assert await _committed_total(settings) == 8
+    # The worker logged its effective settings when it started.
+    logged = [
+        json.loads(line)["message"]
+        for line in (tmp_path / "worker.log").read_text().splitlines()
+        if line.startswith("{") and '"settings: ' in line
+    ]
+    assert len(logged) == 1 and f'"input_topic":"{settings.input_topic}"' in logged[0]
 
 
 async def test_work_cut_off_at_the_deadline_is_not_committed(
