@@ -58,18 +58,10 @@ class Verdict:
         if document.get("provisional") is True:
             raise ValueError(f"verdict {document.get('id')!r} is provisional: read it with parse_verdict")
         return cls(
-            id=_typed(document, "id", str),
+            **_shared_fields(document),
             label=_choice(document, "label", get_args(Label)),
-            action=_choice(document, "action", get_args(Action)),
             categories=_categories(document),
             refusal=_refusal(document),
-            model=_typed(document, "model", str),
-            trace_id=_typed(document, "trace_id", str),
-            attempts=_typed(document, "attempts", int),
-            latency_ms=float(_typed(document, "latency_ms", (int, float))),
-            processed_at=_typed(document, "processed_at", str),
-            metadata=_typed(document, "metadata", dict),
-            content_sha256=_typed(document, "content_sha256", str, ""),
             chunks=_typed(document, "chunks", int, 1),
         )
 
@@ -108,18 +100,7 @@ class ProvisionalVerdict:
         document = _verdict_document(data)
         if document.get("provisional") is not True:
             raise ValueError(f"verdict {document.get('id')!r} is not provisional: read it with parse_verdict")
-        return cls(
-            id=_typed(document, "id", str),
-            action=_choice(document, "action", get_args(Action)),
-            model=_typed(document, "model", str),
-            trace_id=_typed(document, "trace_id", str),
-            attempts=_typed(document, "attempts", int),
-            latency_ms=float(_typed(document, "latency_ms", (int, float))),
-            processed_at=_typed(document, "processed_at", str),
-            metadata=_typed(document, "metadata", dict),
-            content_sha256=_typed(document, "content_sha256", str, ""),
-            reason=_typed(document, "reason", str, PROVISIONAL_REASON),
-        )
+        return cls(**_shared_fields(document), reason=_typed(document, "reason", str, PROVISIONAL_REASON))
 
 
 def parse_verdict(data: bytes | str) -> Verdict | ProvisionalVerdict:
@@ -141,6 +122,21 @@ def _verdict_document(data: bytes | str) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ValueError(f"a verdict is a JSON object, not a {type(document).__name__}")
     return document
+
+
+def _shared_fields(document: dict[str, Any]) -> dict[str, Any]:
+    """The fields both kinds of verdict have, read and checked."""
+    return {
+        "id": _typed(document, "id", str),
+        "action": _choice(document, "action", get_args(Action)),
+        "model": _typed(document, "model", str),
+        "trace_id": _typed(document, "trace_id", str),
+        "attempts": _typed(document, "attempts", int),
+        "latency_ms": float(_typed(document, "latency_ms", (int, float))),
+        "processed_at": _typed(document, "processed_at", str),
+        "metadata": _typed(document, "metadata", dict),
+        "content_sha256": _typed(document, "content_sha256", str, ""),
+    }
 
 
 def _typed(document: dict[str, Any], name: str, kind: Any, default: Any = _MISSING) -> Any:
