@@ -12,6 +12,8 @@ import pytest
 from tests.conftest import SettingsFactory
 from worker.client import ProvisionalVerdict, Verdict, VerdictConsumer, parse_verdict
 from worker.client.consumer import SeenVerdicts
+from worker.client.waiter import VerdictWaiter
+from worker.config.settings import Settings
 from worker.kafka import clients as kafka
 
 
@@ -90,6 +92,24 @@ def test_missing_fields_and_wrong_documents_are_named() -> None:
         parse_verdict(b"{nope")
     with pytest.raises(ValueError, match="not a list"):
         parse_verdict(b"[1]")
+    with pytest.raises(ValueError, match="must be JSON"):
+        parse_verdict(b"[" * 100_000)
+    with pytest.raises(ValueError, match="must be JSON"):
+        parse_verdict(b'{"id": "\xff\xfe"}')
+
+
+async def test_the_verdict_reader_passes_over_records_that_are_not_verdicts() -> None:
+    waiter = VerdictWaiter(Settings.load({}))
+    expected = waiter.expect("x", "a" * 64, final_only=False)
+    hostile = [b"[" * 100_000, b"\xff\xfe", b"null", b'{"id": 1}', b"", None]
+    for value in hostile:
+        waiter._take(b"x", value)
+        waiter._take(None, value)
+    assert not expected.verdict.done()
+    waiter._take(b"x", final("x", content_sha256="b" * 64).to_json())  # another content's verdict
+    assert not expected.verdict.done()
+    waiter._take(b"x", final("x").to_json())
+    assert expected.verdict.result() == final("x")
 
 
 def test_seen_verdicts_pass_one_provisional_then_each_final_verdict_made_once() -> None:
@@ -113,12 +133,16 @@ async def test_verdict_consumer_yields_each_ids_verdict_once_provisional_first(
     settings = make_settings(topic_partitions=1)
     await kafka.ensure_topics(settings)
     sent = [provisional("p1"), final("m1"), final("m1"), final("p1"), provisional("p1"), final("m2")]
+    junk = [b"not a verdict", b"[" * 100_000, b'{"id": "j", "label": "maybe"}', b"\xff"]
     producer = kafka.make_producer(settings)
     await producer.start()
     try:
+        for value in junk[:2]:
+            await producer.send_and_wait(settings.verdict_topic, value, key=b"junk")
         for verdict in sent:
             await producer.send_and_wait(settings.verdict_topic, verdict.to_json(), key=verdict.id.encode())
-        await producer.send_and_wait(settings.verdict_topic, b"not a verdict", key=b"junk")
+        for value in junk[2:]:
+            await producer.send_and_wait(settings.verdict_topic, value, key=b"junk")
     finally:
         await producer.stop()
     got: list[tuple[str, bool]] = []
@@ -130,5 +154,5 @@ async def test_verdict_consumer_yields_each_ids_verdict_once_provisional_first(
             if verdict.id == "m2":
                 await verdicts.commit()
                 break
-        assert verdicts.skipped == 0  # the junk record comes after m2
+        assert verdicts.skipped == 2  # the junk before m2; the rest comes after it
     assert got == [("p1", True), ("m1", False), ("p1", False), ("m2", False)]

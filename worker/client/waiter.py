@@ -109,7 +109,10 @@ class VerdictWaiter:
                 continue
             for records in batches.values():
                 for record in records:
-                    self._take(record.key, record.value)
+                    try:
+                        self._take(record.key, record.value)
+                    except Exception:  # no record of the topic may stop the reader every call waits on
+                        log.exception("a record of %s could not be read", self._settings.verdict_topic)
 
     def _take(self, key: bytes | None, value: bytes | None) -> None:
         # The record key is the id: most verdicts on a shared topic are someone else's and are not parsed.

@@ -117,8 +117,8 @@ _MISSING = object()
 def _verdict_document(data: bytes | str) -> dict[str, Any]:
     try:
         document = json.loads(data)
-    except ValueError as exc:
-        raise ValueError(f"a verdict must be JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
+        raise ValueError(f"a verdict must be JSON: {str(exc)[:200]}") from None
     if not isinstance(document, dict):
         raise ValueError(f"a verdict is a JSON object, not a {type(document).__name__}")
     return document
