@@ -90,6 +90,14 @@ def test_secrets_are_read_from_file_variables(tmp_path: Path) -> None:
         Settings.load({"GUARDQ_GUARD_API_KEY_FILE": str(key), "GUARDQ_GUARD_API_KEY": "sk-env"})
     with pytest.raises(SettingsError, match=r"^GUARDQ_REDIS_PASSWORD_FILE='/nonexistent/pw': cannot read"):
         Settings.load({"GUARDQ_REDIS_PASSWORD_FILE": "/nonexistent/pw"})
+    huge = tmp_path / "huge"
+    huge.write_text("x" * 100_000)
+    with pytest.raises(SettingsError, match="longer than 65536 characters"):
+        Settings.load({"GUARDQ_GUARD_API_KEY_FILE": str(huge)})
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(SettingsError, match="cannot read the file"):
+        Settings.load({"GUARDQ_GUARD_API_KEY_FILE": str(binary)})
     shown = guardq("config", "--json", env=dict(os.environ) | {"GUARDQ_GUARD_API_KEY_FILE": str(key)})
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["guard_api_key"] == "<hidden>"

@@ -86,6 +86,10 @@ def mask_url_password(raw: str) -> str:
     return parsed._replace(netloc=f"{userinfo}@{parsed.netloc.rpartition('@')[2]}").geturl()
 
 
+# No key, password or webhook URL comes near this; a longer file is the wrong file.
+MAX_SECRET_FILE_CHARS = 64 * 1024
+
+
 def secret_from_file(spec: Spec, env: Mapping[str, str]) -> str | None:
     """The value of a secret's ``<VAR>_FILE`` (the file's text without its final newline), or None."""
     path = env.get(spec.file_env, "").strip()
@@ -95,10 +99,13 @@ def secret_from_file(spec: Spec, env: Mapping[str, str]) -> str | None:
         raise SettingsError(f"set {spec.env} or {spec.file_env}, not both")
     try:
         with open(path, encoding="utf-8") as handle:
-            return handle.read().rstrip("\r\n")
+            text = handle.read(MAX_SECRET_FILE_CHARS + 1)
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise SettingsError(f"{spec.file_env}={path!r}: cannot read the file: {reason}") from None
+    if len(text) > MAX_SECRET_FILE_CHARS:
+        raise SettingsError(f"{spec.file_env}={path!r}: longer than {MAX_SECRET_FILE_CHARS} characters")
+    return text.rstrip("\r\n")
 
 
 def spelling_of_none(spec: Spec) -> str | None:
