@@ -24,6 +24,7 @@ from tests.helpers import (
 )
 from worker.config.settings import Settings
 from worker.dev.sim.verdicts import classify
+from worker.failures.envelope import DeadLetterEnvelope
 from worker.kafka import clients as kafka
 from worker.kafka.reading import records
 
@@ -170,3 +171,31 @@ async def test_an_id_with_a_final_verdict_never_gets_a_provisional_one(
 async def _has_final(settings: Settings, message_id: str) -> bool:
     stored = await stored_verdicts(settings, [message_id])
     return message_id in stored and stored[message_id]["provisional"] is False
+
+
+async def test_a_record_too_large_to_park_is_dead_lettered_after_its_provisional_verdict(
+    make_settings: SettingsFactory, guard_sim: GuardSim
+) -> None:
+    # The broker takes 4 KiB: the input record fits, the same bytes with guardq's park headers do not.
+    settings = make_settings(
+        outage_policy="review",
+        outage_after_s=0,
+        breaker_open_s=0.5,
+        guard_backoff="100ms,200ms",
+        kafka_max_message_bytes=4096,
+    )
+    await guard_sim.configure(fail_503_rate=1.0)
+    try:
+        async with running_worker(settings):
+            await publish(settings, [{"id": "big", "text": "x" * 3500}, {"id": "small", "text": "hello"}])
+            dead = await collect(settings, settings.dlq_topic, count=1, timeout_s=60)
+            provisional = await _verdicts_by_id(settings, want=2, final=False, timeout_s=60)
+            parked = await collect(settings, settings.parked_topic, count=1, timeout_s=30)
+    finally:
+        await guard_sim.configure(fail_503_rate=0.0)
+    assert [record.key for record in dead] == [b"big"]
+    envelope = DeadLetterEnvelope.from_headers(dead[0].headers)
+    assert "cannot be parked: too large" in envelope.error_message
+    assert set(provisional) == {"big", "small"}  # the caller got an answer for both
+    assert provisional["big"]["action"] == "review"
+    assert [record.key for record in parked] == [b"small"]
