@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from aiokafka.structs import ConsumerRecord
 
-from worker.failures.listing import DeadLetter, shown, table
+from worker.failures.listing import DeadLetter, shown, table_row
 from worker.kafka.batches import Undecodable
 from worker.kafka.records import HEADER_OVERHEAD_BYTES, record_size, tracked_offset
 
@@ -34,4 +34,4 @@ def test_control_and_bidi_characters_are_shown_escaped() -> None:
     assert shown("\x1b[2J\x1b]0;pwned\x07") == "\\u001b[2J\\u001b]0;pwned\\u0007"
     assert shown("abc\u202egnp.exe\n") == "abc\\u202egnp.exe\\u000a"
     letter = DeadLetter(0, 1, 0, b"\x1b[31mred", b"{}", None, problem="bad\x1b[0m")
-    assert "\x1b" not in table([letter])
+    assert "\x1b" not in table_row(letter)  # the line `guardq dlq list` prints

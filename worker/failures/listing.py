@@ -10,7 +10,7 @@ import asyncio
 import base64
 import json
 import unicodedata
-from collections.abc import AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -146,21 +146,6 @@ def _parse_time(raw: str) -> datetime | None:
         return None
 
 
-def select(
-    letters: Iterable[DeadLetter],
-    *,
-    reason: str | None,
-    since: datetime | None,
-    until: datetime | None,
-    error_class: str | None = None,
-    ids: Collection[str] | None = None,
-) -> list[DeadLetter]:
-    """The dead letters matching every given filter; times compare with when the message first failed.
-    ``ids`` (when given and not empty) keeps only those message ids."""
-    wanted = Filter(reason=reason, since=since, until=until, error_class=error_class, ids=ids or None)
-    return [letter for letter in letters if wanted.matches(letter)]
-
-
 @dataclass(frozen=True)
 class Filter:
     """What `dlq list` and `dlq replay` select by; None means "any"."""
@@ -217,11 +202,6 @@ def table_row(letter: DeadLetter) -> str:
         f"{letter.coordinates:<10} {shown(letter.message_id[:28]):<28} {shown(reason):<18} {tries:>5}  "
         f"{shown(failed[:24]):<24} {shown(error)}"
     )
-
-
-def table(letters: list[DeadLetter]) -> str:
-    """A readable table, one dead letter a line."""
-    return "\n".join([TABLE_HEADER, *map(table_row, letters), f"{len(letters)} dead letter(s)"])
 
 
 def as_json(letter: DeadLetter) -> dict[str, object]:

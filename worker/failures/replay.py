@@ -34,7 +34,7 @@ from worker.failures.envelope import (
     replay_headers,
     was_value_truncated,
 )
-from worker.failures.listing import DeadLetter, Filter, read_all, shown
+from worker.failures.listing import DeadLetter, Filter, shown, stream
 from worker.failures.pacing import Pacer, Progress
 from worker.failures.schedule import RetrySchedule
 from worker.kafka import clients as kafka
@@ -200,7 +200,10 @@ async def replay(
     docstring. Progress goes to ``progress``; each republish gets a ``<input> publish`` span in the
     message's original trace. Raises if the broker refuses a record (those acknowledged before are
     marked)."""
-    letters = [letter for letter in await read_all(settings) if options.filter.matches(letter)]
+    # Read in batches, keeping only the chosen: a large DLQ is not held in memory whole.
+    letters = [
+        letter async for found in stream(settings) for letter in found if options.filter.matches(letter)
+    ]
     # Oldest first across partitions (by when each was dead-lettered), so --max takes the oldest.
     letters.sort(key=lambda x: (x.timestamp_ms, x.partition, x.offset))
     redis = connect_redis(
