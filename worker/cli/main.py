@@ -127,7 +127,7 @@ async def _publish(settings: Settings, lines: Sequence[bytes]) -> tuple[int, int
                 bad += 1
                 print(f"line {item.line}: {item.error}", file=sys.stderr)
                 continue
-            pending.append(await producer.enqueue(item))
+            pending.append(await producer.enqueue_prepared(item))
             if len(pending) >= PUBLISH_WINDOW:
                 sent += len(await asyncio.gather(*pending))
                 pending = []
@@ -217,6 +217,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     """Print the effective settings (defaults, environment, flags), secrets hidden."""
     from worker.config.settings import SPECS
+    from worker.config.spec import spelled
 
     settings = settings_from(args)
     shown = settings.redacted()
@@ -225,8 +226,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         return EXIT_OK
     for spec in SPECS:
         value = shown[spec.field]
-        text = ",".join(value) if isinstance(value, tuple) else "" if value is None else str(value)
-        print(f"{spec.env:<40} {text}")
+        print(f"{spec.env:<40} {'' if value is None else spelled(value)}")
     return EXIT_OK
 
 

@@ -166,7 +166,8 @@ class Publisher:
         the id) when no verdict comes within ``timeout_s``, which covers everything: starting the verdict
         reader, Redis, the publish; ``VerdictConflict`` when Redis holds a verdict of this id for other
         content (without Redis, the worker dead-letters such a request and the call times out)."""
-        value, request = self._producer.prepare(_document(text, id, kind, prompt, metadata))
+        prepared = self._producer.prepare(_document(text, id, kind, prompt, metadata))
+        request = prepared.request
         published = False
         try:
             async with asyncio.timeout(timeout_s):  # everything counts: the reader, Redis, the publish
@@ -176,7 +177,7 @@ class Publisher:
                 waiter = await self._verdict_reader()
                 expected = waiter.expect(request.id, request.content_sha256, final_only=final_only)
                 try:
-                    await (await self._producer.enqueue_prepared(value, request))
+                    await (await self._producer.enqueue_prepared(prepared))
                     published = True
                     return await self._wait(expected)
                 finally:

@@ -20,6 +20,7 @@ from worker.config.spec import (
     mask_url_password,
     secret_from_file,
     setting,
+    spelled,
     spelling_of_none,
     url_passwords,
 )
@@ -290,13 +291,13 @@ class Settings:
         for spec in SPECS:
             value = getattr(self, spec.field)
             if value is None:
-                spelled = spelling_of_none(spec)
-                if spelled is None:
+                unset = spelling_of_none(spec)
+                if unset is None:
                     env.pop(spec.env, None)  # the default is unset too
                 else:
-                    env[spec.env] = spelled
+                    env[spec.env] = unset
             else:
-                env[spec.env] = ",".join(value) if isinstance(value, tuple) else str(value)
+                env[spec.env] = spelled(value)
             if spec.secret:
                 env.pop(spec.file_env, None)  # the value itself is set (or unset) now
         return env

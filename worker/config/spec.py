@@ -108,6 +108,11 @@ def secret_from_file(spec: Spec, env: Mapping[str, str]) -> str | None:
     return text.rstrip("\r\n")
 
 
+def spelled(value: Any) -> str:
+    """A setting's value as its variable spells it (a tuple as its comma-separated steps)."""
+    return ",".join(value) if isinstance(value, tuple) else str(value)
+
+
 def spelling_of_none(spec: Spec) -> str | None:
     """How a setting left unset (None) is written when its default is not None (``auto``): None when
     dropping the variable gives None already."""

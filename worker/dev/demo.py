@@ -127,7 +127,7 @@ async def _wait_ready(worker: Worker, running: asyncio.Task[None]) -> None:
 async def _publish_and_watch(settings: Settings) -> Tally:
     items = list(read_jsonl(sample_lines(), settings.max_text_chars))
     good = [item for item in items if not isinstance(item, BadLine)]
-    tally = Tally(expected_ids={str(item["id"]) for item in good}, expected_dead=len(items) - len(good))
+    tally = Tally(expected_ids={item.request.id for item in good}, expected_dead=len(items) - len(good))
     watchers = [
         asyncio.create_task(_watch_verdicts(settings, tally)),
         asyncio.create_task(_watch_dead_letters(settings, tally)),
@@ -156,8 +156,8 @@ async def _publish_samples(settings: Settings, tally: Tally) -> None:
             if isinstance(parsed, BadLine):
                 await publisher.publish_raw(f"demo-bad-line-{number}".encode(), raw)
                 continue
-            tally.published_at.setdefault(str(parsed["id"]), time.monotonic())
-            await publisher.publish(parsed)
+            tally.published_at.setdefault(parsed.request.id, time.monotonic())
+            await (await publisher.enqueue_prepared(parsed))
 
 
 async def _watch_verdicts(settings: Settings, tally: Tally) -> None:

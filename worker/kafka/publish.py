@@ -76,19 +76,16 @@ class InputProducer:
 
     async def enqueue(self, document: dict[str, Any]) -> asyncio.Future[Published]:
         """Validate one request and queue it for sending; the future resolves when the broker has it."""
-        return await self.enqueue_prepared(*self.prepare(document))
+        return await self.enqueue_prepared(self.prepare(document))
 
-    def prepare(self, document: dict[str, Any]) -> tuple[bytes, ModerationRequest]:
-        """The record value of a request (an ``id`` added when missing) and the request as the worker
-        will read it. Raises ``InvalidInput`` for one it would dead-letter."""
-        document = dict(document)
-        document.setdefault("id", str(uuid.uuid4()))
-        value = _dumps(document)
-        return value, parse_request(value, self._settings.max_text_chars)
+    def prepare(self, document: dict[str, Any]) -> Prepared:
+        """``prepare`` with this producer's GUARDQ_MAX_TEXT_CHARS."""
+        return prepare(document, self._settings.max_text_chars)
 
-    async def enqueue_prepared(self, value: bytes, request: ModerationRequest) -> asyncio.Future[Published]:
+    async def enqueue_prepared(self, prepared: Prepared) -> asyncio.Future[Published]:
         """Queue a ``prepare``d request for sending; the future resolves when the broker has it."""
-        return await self._send(request.id.encode("utf-8"), value, message_id=request.id)
+        request = prepared.request
+        return await self._send(request.id.encode("utf-8"), prepared.value, message_id=request.id)
 
     async def publish_raw(self, key: bytes | None, value: bytes) -> Published:
         """Publish bytes as they are (no validation), with a traceparent header."""
@@ -146,6 +143,23 @@ def _dumps(document: dict[str, Any]) -> bytes:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """A request ready to send: its record value, and the request as the worker will read it."""
+
+    value: bytes
+    request: ModerationRequest
+
+
+def prepare(document: dict[str, Any], max_text_chars: int) -> Prepared:
+    """A request document (an ``id`` added when missing) encoded and validated once, as the worker will
+    read it. Raises ``InvalidInput`` for one it would dead-letter."""
+    document = dict(document)
+    document.setdefault("id", str(uuid.uuid4()))
+    value = _dumps(document)
+    return Prepared(value, parse_request(value, max_text_chars))
+
+
+@dataclass(frozen=True)
 class BadLine:
     """A JSONL line that was not published, and why."""
 
@@ -153,16 +167,12 @@ class BadLine:
     error: str
 
 
-def read_jsonl(lines: Iterable[bytes], max_text_chars: int) -> Iterator[dict[str, Any] | BadLine]:
-    """Parse JSONL input lines into request documents (id added when missing), or ``BadLine``s."""
+def read_jsonl(lines: Iterable[bytes], max_text_chars: int) -> Iterator[Prepared | BadLine]:
+    """Parse JSONL input lines into prepared requests (id added when missing), or ``BadLine``s."""
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         try:
-            document = decode_json_object(raw.strip())
-            document.setdefault("id", str(uuid.uuid4()))
-            parse_request(json.dumps(document, ensure_ascii=False).encode("utf-8"), max_text_chars)
+            yield prepare(decode_json_object(raw.strip()), max_text_chars)
         except InvalidInput as exc:
             yield BadLine(number, f"{exc.reason}: {exc}")
-            continue
-        yield document
