@@ -28,6 +28,7 @@ from worker.guard.factory import build_backend
 from worker.kafka import clients as kafka
 from worker.kafka.codecs import install_inflation_cap
 from worker.kafka.fetchloop import FetchLoop
+from worker.ops import eventloop
 from worker.ops.alerts import AlertWebhook, worker_id
 from worker.ops.health import Health, OpsServer
 from worker.processing.adaptive import AdaptiveLimit
@@ -46,6 +47,10 @@ NONE_HELD: frozenset[str] = frozenset()
 log = logging.getLogger(__name__)
 
 FETCH_STOP_S = 10.0
+# Records whose handling has started, at most: twice the guard calls allowed at once, and a few more, so a
+# freed slot always finds a record that has its claim already, however the limit moves.
+START_WINDOW_FACTOR = 2
+START_WINDOW_EXTRA = 32
 
 
 @dataclass
@@ -183,6 +188,7 @@ class Worker:
             due_in_s=schedule.due_in_s,
             salvage_max_bytes=kafka.MAX_PARTITION_FETCH_BYTES,
             inflate_cap_bytes=settings.max_inflate_bytes,
+            start_window=lambda: START_WINDOW_FACTOR * self.limiter.limit + START_WINDOW_EXTRA,
         )
 
     def _pipeline(
@@ -268,6 +274,7 @@ class Worker:
         """Run the fetch loop, its commits and ``helpers``; any of them ending (a crash) or ``stop`` begins
         the drain. Helpers (lease renewal, the guard prober) run until the drain is over."""
         log.info("worker started: topic=%s group=%s", self.settings.input_topic, self.settings.group_id)
+        eventloop.settle_heap()
         self.ready.set()
         self.health.serving = True
         fetching = asyncio.create_task(loop.run(), name="fetch-loop")

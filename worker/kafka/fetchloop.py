@@ -1,5 +1,7 @@
 """The fetch loop: many records in flight (several per partition), bounded buffering, watermark commits.
 
+A fetched record's handler starts once fewer than ``start_window()`` run (``worker.kafka.inflight``).
+
 When is an offset committed? Only through ``FetchLoop.commit``: per partition, the watermark of
 ``PartitionOffsets`` (everything below it is done), periodically, on revoke and at stop. Records of a
 revoked partition are dropped (their tasks cancelled, never committed); redelivery to the new owner is
@@ -17,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -25,8 +26,8 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from worker.core.backoff import Backoff, until_available
 from worker.core.errors import one_line
-from worker.core.offsets import PartitionOffsets
 from worker.kafka.codecs import DEFAULT_INFLATE_CAP_BYTES
+from worker.kafka.inflight import FetchStats, InFlight, PartitionWork, Queued
 from worker.kafka.records import record_size, tracked_offset
 from worker.kafka.salvage import FATAL_FETCH_ERRORS, first_offset, read_partition
 from worker.telemetry.metrics import PartitionLag
@@ -41,32 +42,6 @@ CANCEL_GRACE_S = 5.0  # how long cancelled records may take to unwind at shutdow
 COMMIT_DEADLINE_S = 10.0  # a commit at revoke or stop gives up after this
 FETCH_BACKOFF_MIN_S = 0.2
 FETCH_BACKOFF_MAX_S = 5.0
-
-
-@dataclass
-class _Partition:
-    """One assignment of one partition: its offsets and the tasks working on its records."""
-
-    offsets: PartitionOffsets = field(default_factory=PartitionOffsets)
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    committed: int | None = None
-    due_at: float | None = None  # loop time at which a held-back retry partition's head record is due
-    held_offset: int | None = None  # the record it was held back for: dispatched without asking again
-    topic_held: bool = False  # paused because its topic is held (parked messages while the guard is down)
-
-
-@dataclass
-class FetchStats:
-    """Counters for tests, the demo and later metrics."""
-
-    fetched: int = 0
-    done: int = 0
-    infra_retries: int = 0
-    pauses: int = 0
-    peak_buffered: int = 0
-    held_back: int = 0  # times a retry partition was paused until its head record was due
-    fetch_errors: int = 0  # failed fetches, each followed by a read with guardq's own reader
-    fetched_by_topic: dict[str, int] = field(default_factory=dict)
 
 
 class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -85,6 +60,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         due_in_s: Callable[[ConsumerRecord], float] | None = None,
         salvage_max_bytes: int = 1024 * 1024,
         inflate_cap_bytes: int = DEFAULT_INFLATE_CAP_BYTES,
+        start_window: Callable[[], int] | None = None,
     ) -> None:
         self._consumer = consumer
         self._handler = handler
@@ -94,9 +70,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         self._hold = hold or (lambda: False)
         self._held_topics = held_topics or (lambda: frozenset())
         self._due_in_s = due_in_s or (lambda record: 0.0)
-        self._parts: dict[TopicPartition, _Partition] = {}
-        self._buffered = 0
-        self._buffered_bytes = 0
+        self._parts: dict[TopicPartition, PartitionWork] = {}
         self._paused = False
         self._stopping = asyncio.Event()
         self._commit_lock = asyncio.Lock()
@@ -105,6 +79,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         self._salvage_max_bytes = salvage_max_bytes
         self._inflate_cap = inflate_cap_bytes
         self._fetch_backoff = Backoff(FETCH_BACKOFF_MIN_S, FETCH_BACKOFF_MAX_S)
+        self._flight = InFlight(start_window)  # no window: every fetched record's handler runs at once
         self.stats = FetchStats()
 
     @property
@@ -115,7 +90,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
     @property
     def in_flight(self) -> int:
         """Fetched records not finished yet."""
-        return self._buffered
+        return self._flight.count
 
     @property
     def paused(self) -> bool:
@@ -155,7 +130,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
             self._last_poll_at = asyncio.get_running_loop().time()
             self._apply_backpressure()
             self._apply_topic_holds()
-            room = max(1, self._max_buffered - self._buffered)
+            room = max(1, self._max_buffered - self._flight.count)
             try:
                 batches = await self._consumer.getmany(timeout_ms=100, max_records=room)
             except FATAL_FETCH_ERRORS:
@@ -170,7 +145,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
                     self._take(tp, part, records)
             self._resume_due()
 
-    def _take(self, tp: TopicPartition, part: _Partition, records: Sequence[ConsumerRecord]) -> bool:
+    def _take(self, tp: TopicPartition, part: PartitionWork, records: Sequence[ConsumerRecord]) -> bool:
         """Dispatch ``records`` in order; False when one had to wait (its partition is held back)."""
         for record in records:
             # A record held back once goes when its time comes: the hold is never renewed, so a due
@@ -216,7 +191,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         if self._parts.get(tp) is not part:
             return False  # revoked (and maybe reassigned) meanwhile
         self._consumer.seek(tp, start)  # drops whatever the failed fetch had drained from ``tp``
-        room = self._max_buffered - self._buffered
+        room = self._max_buffered - self._flight.count
         if self._paused or not self._flows_alone(part) or room <= 0:
             return False
         records = await read_partition(
@@ -235,7 +210,9 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.commit()
 
     async def drain(self, timeout_s: float) -> int:
-        """Wait up to ``timeout_s`` for in-flight records, cancel the rest, commit. Returns how many were cut off."""
+        """Wait up to ``timeout_s`` for in-flight records, cancel the rest, commit. Returns how many were cut
+        off. Queued records never start: they stay uncommitted for the next owner."""
+        self._flight.drop(list(self._parts.values()))  # waiting records never start
         tasks = [task for part in self._parts.values() for task in part.tasks]
         pending: set[asyncio.Task[None]] = set()
         if tasks:
@@ -259,7 +236,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
 
     # -- delayed retry partitions -----------------------------------------------------------------
 
-    def _hold_back(self, tp: TopicPartition, part: _Partition, offset: int, wait_s: float) -> None:
+    def _hold_back(self, tp: TopicPartition, part: PartitionWork, offset: int, wait_s: float) -> None:
         """The head record of ``tp`` is not due yet: pause the partition and rewind to the record, so it
         (and everything behind it) is fetched again once due. Other partitions keep flowing."""
         part.due_at = asyncio.get_running_loop().time() + wait_s
@@ -280,22 +257,31 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
 
     # -- dispatch ---------------------------------------------------------------------------------
 
-    def _dispatch(self, part: _Partition, record: ConsumerRecord) -> None:
+    def _dispatch(self, part: PartitionWork, record: ConsumerRecord) -> None:
         if part.offsets.seen(record.offset):
             return  # already dispatched in this assignment (a refetch after a seek)
         tracked = tracked_offset(record)
         part.offsets.add(tracked)
-        size = record_size(record)
-        self._buffered += 1
-        self._buffered_bytes += size
+        queued = Queued(part, record, tracked, record_size(record))
         self.stats.fetched += 1
         self.stats.fetched_by_topic[record.topic] = self.stats.fetched_by_topic.get(record.topic, 0) + 1
-        self.stats.peak_buffered = max(self.stats.peak_buffered, self._buffered)
+        if self._flight.add(queued):
+            self._start(queued)
+        self.stats.peak_buffered = max(self.stats.peak_buffered, self._flight.count)
+
+    def _start(self, queued: Queued) -> None:
+        record, part = queued.record, queued.part
+        self._flight.started()
         task = asyncio.create_task(
             self._process(record), name=f"record:{record.topic}/{record.partition}@{record.offset}"
         )
         part.tasks.add(task)
-        task.add_done_callback(lambda done: self._finished(part, tracked, size, done))
+        task.add_done_callback(lambda done: self._finished(queued, done))
+
+    def _start_queued(self) -> None:
+        """Start waiting records while the window has room (never once the loop is stopping)."""
+        while not self._stopping.is_set() and (queued := self._flight.next_ready()) is not None:
+            self._start(queued)
 
     async def _process(self, record: ConsumerRecord) -> None:
         """Handle ``record``; while a service around us (not the message) fails, keep it uncommitted and
@@ -316,20 +302,21 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         backoff = Backoff(INFRA_BACKOFF_INITIAL_S, INFRA_BACKOFF_MAX_S)
         await until_available(lambda: self._handler(record), backoff=backoff, on_retry=report)
 
-    def _finished(self, part: _Partition, offset: int, size: int, task: asyncio.Task[None]) -> None:
+    def _finished(self, queued: Queued, task: asyncio.Task[None]) -> None:
+        part = queued.part
         part.tasks.discard(task)
-        self._buffered -= 1
-        self._buffered_bytes -= size
-        if task.cancelled():
-            return  # dropped (revoked or cut off at shutdown): never committed
-        error = task.exception()
+        self._flight.finished(queued)
+        error = None if task.cancelled() else task.exception()
         if error is not None:
             if self._fatal is None:
                 self._fatal = error
                 log.error("stopping: %s: %s", type(error).__name__, error)
             self._stopping.set()
             return
-        part.offsets.done(offset)
+        self._start_queued()
+        if task.cancelled():
+            return  # dropped (revoked or cut off at shutdown): never committed
+        part.offsets.done(queued.offset)
         self.stats.done += 1
         self._apply_backpressure()
 
@@ -337,11 +324,11 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         """Pause every assigned partition while too much is buffered (or ``hold()`` is true); resume below
         half of the limits."""
         held = self._hold()  # the guard's circuit is open: fetch nothing until it closes
-        over = held or self._buffered >= self._max_buffered or self._buffered_bytes >= self._max_bytes
+        over = held or self._flight.count >= self._max_buffered or self._flight.bytes >= self._max_bytes
         under = (
             not held
-            and self._buffered <= self._max_buffered // 2
-            and self._buffered_bytes <= self._max_bytes // 2
+            and self._flight.count <= self._max_buffered // 2
+            and self._flight.bytes <= self._max_bytes // 2
         )
         if over and not self._paused:
             self._paused = True
@@ -352,7 +339,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
             self._consumer.resume(*[tp for tp in self._assigned() if self._flows_alone(self._parts[tp])])
 
     @staticmethod
-    def _flows_alone(part: _Partition) -> bool:
+    def _flows_alone(part: PartitionWork) -> bool:
         """Nothing of its own holds this partition back (a due time, a held topic)."""
         return part.due_at is None and not part.topic_held
 
@@ -400,19 +387,19 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         """Commit what is done for the revoked partitions, then drop their unfinished work."""
         await self.commit_within(COMMIT_DEADLINE_S, only=set(revoked))
-        for tp in revoked:
-            part = self._parts.pop(tp, None)
-            if part is None:
-                continue
+        gone = {tp: part for tp in revoked if (part := self._parts.pop(tp, None)) is not None}
+        dropped = self._flight.drop(list(gone.values()))
+        for tp, part in gone.items():
             for task in part.tasks:
                 task.cancel()
-            if part.tasks:
-                log.info("revoked %s: dropped %d unfinished record(s)", tp, len(part.tasks))
+            unfinished = len(part.tasks) + dropped.get(id(part), 0)
+            if unfinished:
+                log.info("revoked %s: dropped %d unfinished record(s)", tp, unfinished)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         """Start tracking newly assigned partitions (paused too if the loop is paused)."""
         for tp in assigned:
-            self._parts.setdefault(tp, _Partition())
+            self._parts.setdefault(tp, PartitionWork())
         if self._paused and assigned:
             self._consumer.pause(*assigned)
         self._apply_topic_holds()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -21,3 +22,12 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """Like ``asyncio.run``, on uvloop where it is installed."""
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(main)
+
+
+def settle_heap() -> None:
+    """Once start-up is over: collect, then keep what survived (modules, classes, clients: most of the
+    heap, and it lives as long as the process) out of the garbage collector's sight. A full collection
+    then walks only the objects of the records in flight: a few milliseconds instead of tens, each of
+    them a pause of the event loop while guard replies wait."""
+    gc.collect()
+    gc.freeze()
