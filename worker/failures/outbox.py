@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -189,16 +189,14 @@ class Outbox:
         with self._span(hop.topic, _key_text(record.key)) as sending:
             await self._send(sending, hop.topic, record.value, record.key, headers)
 
-    @contextmanager
-    def _span(self, topic: str, message_id: str | None) -> Iterator[Span]:
+    def _span(self, topic: str, message_id: str | None) -> AbstractContextManager[Span]:
         """A ``<topic> publish`` producer span with the messaging attributes."""
-        with tracing.child_span(
+        return tracing.child_span(
             self._tracer,
             f"{topic} publish",
             SpanKind.PRODUCER,
             functools.partial(tracing.send_attributes, topic, message_id),
-        ) as span:
-            yield span
+        )
 
     async def _send(
         self, span: Span, topic: str, value: bytes | None, key: bytes | None, headers: Headers

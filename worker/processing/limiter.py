@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
 
 class SlotRefused(asyncio.CancelledError):
@@ -69,15 +68,13 @@ class ConcurrencyLimiter:
             if not waiter.done():
                 waiter.set_exception(SlotRefused("the worker is draining"))
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one slot for the duration of a guard call."""
-        await self._acquire()
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            self._grant()
+    def slot(self) -> _Slot:
+        """``async with limiter.slot():`` holds one slot for the duration of a guard call."""
+        return _Slot(self)
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+        self._grant()
 
     async def _acquire(self) -> None:
         if self._closed:
@@ -94,8 +91,7 @@ class ConcurrencyLimiter:
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 # The slot was granted just as we were cancelled: hand it on.
-                self._in_flight -= 1
-                self._grant()
+                self._release()
             elif waiter in self._waiters:
                 self._waiters.remove(waiter)
             raise
@@ -110,3 +106,21 @@ class ConcurrencyLimiter:
             if not waiter.done():
                 self._take()
                 waiter.set_result(None)
+
+
+class _Slot:
+    """One slot of a ``ConcurrencyLimiter``, as an async context manager (a plain class: it is entered
+    for every guard call, and a generator-based one costs several times as much)."""
+
+    __slots__ = ("_limiter",)
+
+    def __init__(self, limiter: ConcurrencyLimiter) -> None:
+        self._limiter = limiter
+
+    async def __aenter__(self) -> None:
+        await self._limiter._acquire()
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self._limiter._release()

@@ -15,8 +15,6 @@ import enum
 import logging
 import os
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -361,14 +359,9 @@ class LeaseKeeper:
         self._store = store
         self._held: dict[str, Lease] = {}
 
-    @contextmanager
-    def holding(self, lease: Lease) -> Iterator[None]:
-        """Renew ``lease`` for as long as the block runs."""
-        self._held[lease.token] = lease
-        try:
-            yield
-        finally:
-            self._held.pop(lease.token, None)
+    def holding(self, lease: Lease) -> _Holding:
+        """``with keeper.holding(lease):`` renews ``lease`` for as long as the block runs."""
+        return _Holding(self._held, lease)
 
     async def run(self) -> None:
         """Renew held leases until cancelled; Redis trouble is logged and retried on the next round."""
@@ -388,3 +381,19 @@ class LeaseKeeper:
                     log.warning(
                         "lost the in-flight lease of id=%s; another worker may take over", lease.message_id
                     )
+
+
+class _Holding:
+    """A lease in a ``LeaseKeeper``'s care for the duration of a block (a plain class: one per message)."""
+
+    __slots__ = ("_held", "_lease")
+
+    def __init__(self, held: dict[str, Lease], lease: Lease) -> None:
+        self._held = held
+        self._lease = lease
+
+    def __enter__(self) -> None:
+        self._held[self._lease.token] = self._lease
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._held.pop(self._lease.token, None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -134,10 +134,9 @@ def traceparent_of(span: Span) -> str:
     return traceparent(trace_id_hex(span), span)
 
 
-@contextmanager
 def child_span(
     tracer: trace.Tracer, name: str, kind: SpanKind, attributes: Callable[[], Attributes] | None = None
-) -> Iterator[Span]:
+) -> AbstractContextManager[Span]:
     """A child of the current span, for the steps of a message's trace (guard call, store, publish);
     ``attributes`` builds its attributes, called only when the span is recorded.
 
@@ -146,8 +145,30 @@ def child_span(
     traceparent headers, and the message pays for one span instead of four."""
     current = trace.get_current_span()
     if not current.is_recording() and current.get_span_context().is_valid:
-        yield current
-        return
+        return _StandIn(current)
+    return _recorded_child(tracer, name, kind, attributes)
+
+
+class _StandIn:
+    """The current span, entered in place of a child nobody would record (a plain class: this is the
+    common case, several times per message)."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: Span) -> None:
+        self._span = span
+
+    def __enter__(self) -> Span:
+        return self._span
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+@contextmanager
+def _recorded_child(
+    tracer: trace.Tracer, name: str, kind: SpanKind, attributes: Callable[[], Attributes] | None
+) -> Iterator[Span]:
     with tracer.start_as_current_span(name, kind=kind) as span:
         if attributes is not None and span.is_recording():
             span.set_attributes(attributes() or {})
