@@ -1,6 +1,6 @@
 """The fetch loop's start window: buffered records beyond it wait as records, not as running handlers; a
-finished handler starts the next one in fetch order; a stop or a revocation never starts a queued record,
-and what was never handled is never committed."""
+handler that ends, or whose guard call is over, starts the next one in fetch order; a stop or a revocation
+never starts a queued record, and what was never handled is never committed."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from aiokafka.structs import ConsumerRecord
 
 from tests.helpers import wait_until
 from tests.test_fetch_loop_unit import TP, StandInConsumer, _record
+from worker.core.startwindow import leave_start_window
 from worker.kafka.fetchloop import FetchLoop
 
 
@@ -105,5 +106,42 @@ async def test_a_revoked_partitions_queued_records_are_dropped_unhandled_and_unc
     await wait_until(settled, timeout_s=5, what="the revoked partition forgotten")
     assert gate.started == [0, 1]
     assert all(commit[TP] == 0 for commit in consumer.commits)  # nothing finished: nothing passed
+    loop.stop_fetching()
+    await running
+
+
+async def test_a_handler_past_its_guard_call_lets_the_next_record_start_before_it_ends() -> None:
+    started: list[int] = []
+    finish = asyncio.Event()
+
+    async def handler(record: ConsumerRecord) -> None:
+        started.append(record.offset)
+        leave_start_window()  # its guard call is over; storing and publishing take a while yet
+        await finish.wait()
+
+    consumer = StandInConsumer([_record(i) for i in range(5)])
+    loop = FetchLoop(
+        consumer,  # type: ignore[arg-type]
+        handler,
+        max_buffered=100,
+        max_buffered_bytes=10**6,
+        commit_interval_s=60,
+        start_window=lambda: 2,
+    )
+    await loop.on_partitions_assigned({TP})
+    running = asyncio.create_task(loop.run())
+
+    async def all_started() -> bool:
+        return len(started) == 5
+
+    await wait_until(all_started, timeout_s=5, what="every record started though none ended")
+    assert started == [0, 1, 2, 3, 4]
+    assert loop.stats.done == 0
+    finish.set()
+
+    async def all_done() -> bool:
+        return loop.stats.done == 5
+
+    await wait_until(all_done, timeout_s=5, what="five records done")
     loop.stop_fetching()
     await running

@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
+from worker.core import startwindow
 from worker.core.backoff import Backoff, until_available
 from worker.core.errors import one_line
 from worker.kafka.codecs import DEFAULT_INFLATE_CAP_BYTES
@@ -272,11 +273,20 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
     def _start(self, queued: Queued) -> None:
         record, part = queued.record, queued.part
         self._flight.started()
-        task = asyncio.create_task(
-            self._process(record), name=f"record:{record.topic}/{record.partition}@{record.offset}"
-        )
+        place = startwindow.Place(self._left_window)
+        token = startwindow.hold(place)  # the task's context carries it: the pipeline leaves through it
+        try:
+            task = asyncio.create_task(
+                self._process(record), name=f"record:{record.topic}/{record.partition}@{record.offset}"
+            )
+        finally:
+            startwindow.release(token)
         part.tasks.add(task)
-        task.add_done_callback(lambda done: self._finished(queued, done))
+        task.add_done_callback(lambda done: self._finished(queued, place, done))
+
+    def _left_window(self) -> None:
+        self._flight.left()
+        self._start_queued()
 
     def _start_queued(self) -> None:
         """Start waiting records while the window has room (never once the loop is stopping)."""
@@ -302,20 +312,19 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         backoff = Backoff(INFRA_BACKOFF_INITIAL_S, INFRA_BACKOFF_MAX_S)
         await until_available(lambda: self._handler(record), backoff=backoff, on_retry=report)
 
-    def _finished(self, queued: Queued, task: asyncio.Task[None]) -> None:
+    def _finished(self, queued: Queued, place: startwindow.Place, task: asyncio.Task[None]) -> None:
         part = queued.part
         part.tasks.discard(task)
         self._flight.finished(queued)
         error = None if task.cancelled() else task.exception()
+        if error is not None and self._fatal is None:
+            self._fatal = error
+            log.error("stopping: %s: %s", type(error).__name__, error)
         if error is not None:
-            if self._fatal is None:
-                self._fatal = error
-                log.error("stopping: %s: %s", type(error).__name__, error)
             self._stopping.set()
-            return
-        self._start_queued()
-        if task.cancelled():
-            return  # dropped (revoked or cut off at shutdown): never committed
+        place.leave()  # (unless it left when its guard call ended) the next record starts, if not stopping
+        if error is not None or task.cancelled():
+            return  # failed (the loop stops), or dropped (revoked, cut off at shutdown): never committed
         part.offsets.done(queued.offset)
         self.stats.done += 1
         self._apply_backpressure()

@@ -3,10 +3,12 @@ on its records (``PartitionWork``); across partitions, the fetched records whose
 yet, in fetch order, and the size of the buffer (``InFlight``); and its counters (``FetchStats``).
 
 A fetched record is buffered at once: it counts against the buffer caps and holds its partition's
-watermark back. Its handler starts only when fewer than the window's number of handlers run, so a
-thousand buffered records wait as records in a queue, not as a thousand tasks each holding a Redis lease
-and a chain of coroutines that the garbage collector walks again and again (every pass a pause of the
-event loop while guard replies wait). Each handler that ends starts the next waiting record."""
+watermark back. Its handler starts only when fewer than the window's number of started handlers may
+still need a guard call, so a thousand buffered records wait as records in a queue, not as a thousand
+tasks each holding a Redis lease and a chain of coroutines that the garbage collector walks again and
+again (every pass a pause of the event loop while guard replies wait). A handler leaves the window when
+its guard call is over (``worker.core.startwindow``) or when it ends; each leaving starts the next
+waiting record."""
 
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ class InFlight:
     def __init__(self, window: Callable[[], int] | None) -> None:
         self._window = window
         self._waiting: deque[Queued] = deque()
-        self.running = 0  # handlers started and not finished
+        self.running = 0  # handlers started that may still need a guard call
         self.count = 0  # records fetched and not finished, started or waiting
         self.bytes = 0
 
@@ -71,9 +73,12 @@ class InFlight:
     def started(self) -> None:
         self.running += 1
 
+    def left(self) -> None:
+        """A started record left the window: it needs no guard call any more, or its handler ended."""
+        self.running -= 1
+
     def finished(self, queued: Queued) -> None:
         """A started record's handler ended (done, failed or cancelled)."""
-        self.running -= 1
         self.count -= 1
         self.bytes -= queued.size
 
