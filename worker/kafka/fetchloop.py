@@ -1,6 +1,5 @@
 """The fetch loop: many records in flight (several per partition), bounded buffering, watermark commits.
-
-A fetched record's handler starts once fewer than ``start_window()`` run (``worker.kafka.inflight``).
+A fetched record's handler starts once the start window has room (``worker.kafka.inflight``).
 
 When is an offset committed? Only through ``FetchLoop.commit``: per partition, the watermark of
 ``PartitionOffsets`` (everything below it is done), periodically, on revoke and at stop. Records of a
@@ -28,7 +27,7 @@ from worker.core import startwindow
 from worker.core.backoff import Backoff, until_available
 from worker.core.errors import one_line
 from worker.kafka.codecs import DEFAULT_INFLATE_CAP_BYTES
-from worker.kafka.inflight import FetchStats, InFlight, PartitionWork, Queued
+from worker.kafka.inflight import FetchStats, InFlight, PartitionWork, Queued, partition_lags
 from worker.kafka.records import record_size, tracked_offset
 from worker.kafka.salvage import FATAL_FETCH_ERRORS, first_offset, read_partition
 from worker.telemetry.metrics import PartitionLag
@@ -105,19 +104,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def partition_lags(self) -> list[PartitionLag]:
         """Per assigned partition: the done watermark, the last commit and the highwater mark."""
-        return [
-            PartitionLag(
-                tp.topic, tp.partition, part.offsets.committable(), part.committed, self._highwater(tp)
-            )
-            for tp, part in sorted(self._parts.items(), key=lambda item: (item[0].topic, item[0].partition))
-        ]
-
-    def _highwater(self, tp: TopicPartition) -> int | None:
-        try:
-            mark = self._consumer.highwater(tp)
-        except (IllegalStateError, KafkaError, AssertionError):
-            return None
-        return int(mark) if mark is not None else None
+        return partition_lags(self._consumer, self._parts)
 
     def stop_fetching(self) -> None:
         """Ask ``run`` to return; in-flight records keep going (see ``drain``)."""
@@ -299,15 +286,8 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
 
         def report(exc: Exception, delay_s: float) -> None:
             self.stats.infra_retries += 1
-            log.warning(
-                "record %s/%d@%d: %s: %s; retrying in %.1f s",
-                record.topic,
-                record.partition,
-                record.offset,
-                type(exc).__name__,
-                exc,
-                delay_s,
-            )
+            where = f"{record.topic}/{record.partition}@{record.offset}"
+            log.warning("record %s: %s: %s; retrying in %.1f s", where, type(exc).__name__, exc, delay_s)
 
         backoff = Backoff(INFRA_BACKOFF_INITIAL_S, INFRA_BACKOFF_MAX_S)
         await until_available(lambda: self._handler(record), backoff=backoff, on_retry=report)

@@ -17,9 +17,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from worker.core.offsets import PartitionOffsets
+from worker.telemetry.metrics import PartitionLag
 
 
 @dataclass
@@ -117,3 +120,24 @@ class FetchStats:
     held_back: int = 0  # times a retry partition was paused until its head record was due
     fetch_errors: int = 0  # failed fetches, each followed by a read with guardq's own reader
     fetched_by_topic: dict[str, int] = field(default_factory=dict)
+
+
+def partition_lags(
+    consumer: AIOKafkaConsumer, parts: dict[TopicPartition, PartitionWork]
+) -> list[PartitionLag]:
+    """Per partition of ``parts``: the done watermark, the last commit and the highwater mark (None when
+    the consumer does not know it)."""
+    return [
+        PartitionLag(
+            tp.topic, tp.partition, part.offsets.committable(), part.committed, _highwater(consumer, tp)
+        )
+        for tp, part in sorted(parts.items(), key=lambda item: (item[0].topic, item[0].partition))
+    ]
+
+
+def _highwater(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    try:
+        mark = consumer.highwater(tp)
+    except (IllegalStateError, KafkaError, AssertionError):
+        return None
+    return int(mark) if mark is not None else None
