@@ -47,10 +47,6 @@ NONE_HELD: frozenset[str] = frozenset()
 log = logging.getLogger(__name__)
 
 FETCH_STOP_S = 10.0
-# Records whose handling has started, at most: twice the guard calls allowed at once, and a few more, so a
-# freed slot always finds a record that has its claim already, however the limit moves.
-START_WINDOW_FACTOR = 2
-START_WINDOW_EXTRA = 32
 
 
 @dataclass
@@ -188,7 +184,6 @@ class Worker:
             due_in_s=schedule.due_in_s,
             salvage_max_bytes=kafka.MAX_PARTITION_FETCH_BYTES,
             inflate_cap_bytes=settings.max_inflate_bytes,
-            start_window=lambda: START_WINDOW_FACTOR * self.limiter.limit + START_WINDOW_EXTRA,
         )
 
     def _pipeline(

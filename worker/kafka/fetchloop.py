@@ -1,5 +1,4 @@
 """The fetch loop: many records in flight (several per partition), bounded buffering, watermark commits.
-A fetched record's handler starts once the start window has room (``worker.kafka.inflight``).
 
 When is an offset committed? Only through ``FetchLoop.commit``: per partition, the watermark of
 ``PartitionOffsets`` (everything below it is done), periodically, on revoke and at stop. Records of a
@@ -23,11 +22,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from worker.core import startwindow
 from worker.core.backoff import Backoff, until_available
 from worker.core.errors import one_line
 from worker.kafka.codecs import DEFAULT_INFLATE_CAP_BYTES
-from worker.kafka.inflight import FetchStats, InFlight, PartitionWork, Queued, partition_lags
+from worker.kafka.inflight import FetchStats, InFlight, PartitionWork, partition_lags
 from worker.kafka.records import record_size, tracked_offset
 from worker.kafka.salvage import FATAL_FETCH_ERRORS, first_offset, read_partition
 from worker.telemetry.metrics import PartitionLag
@@ -60,7 +58,6 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         due_in_s: Callable[[ConsumerRecord], float] | None = None,
         salvage_max_bytes: int = 1024 * 1024,
         inflate_cap_bytes: int = DEFAULT_INFLATE_CAP_BYTES,
-        start_window: Callable[[], int] | None = None,
     ) -> None:
         self._consumer = consumer
         self._handler = handler
@@ -79,7 +76,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         self._salvage_max_bytes = salvage_max_bytes
         self._inflate_cap = inflate_cap_bytes
         self._fetch_backoff = Backoff(FETCH_BACKOFF_MIN_S, FETCH_BACKOFF_MAX_S)
-        self._flight = InFlight(start_window)  # no window: every fetched record's handler runs at once
+        self._flight = InFlight()
         self.stats = FetchStats()
 
     @property
@@ -198,9 +195,7 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.commit()
 
     async def drain(self, timeout_s: float) -> int:
-        """Wait up to ``timeout_s`` for in-flight records, cancel the rest, commit. Returns how many were cut
-        off. Queued records never start: they stay uncommitted for the next owner."""
-        self._flight.drop(list(self._parts.values()))  # waiting records never start
+        """Wait up to ``timeout_s`` for in-flight records, cancel the rest, commit. Returns how many were cut off."""
         tasks = [task for part in self._parts.values() for task in part.tasks]
         pending: set[asyncio.Task[None]] = set()
         if tasks:
@@ -250,35 +245,16 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
             return  # already dispatched in this assignment (a refetch after a seek)
         tracked = tracked_offset(record)
         part.offsets.add(tracked)
-        queued = Queued(part, record, tracked, record_size(record))
+        size = record_size(record)
+        self._flight.add(size)
         self.stats.fetched += 1
         self.stats.fetched_by_topic[record.topic] = self.stats.fetched_by_topic.get(record.topic, 0) + 1
-        if self._flight.add(queued):
-            self._start(queued)
         self.stats.peak_buffered = max(self.stats.peak_buffered, self._flight.count)
-
-    def _start(self, queued: Queued) -> None:
-        record, part = queued.record, queued.part
-        self._flight.started()
-        place = startwindow.Place(self._left_window)
-        token = startwindow.hold(place)  # the task's context carries it: the pipeline leaves through it
-        try:
-            task = asyncio.create_task(
-                self._process(record), name=f"record:{record.topic}/{record.partition}@{record.offset}"
-            )
-        finally:
-            startwindow.release(token)
+        task = asyncio.create_task(
+            self._process(record), name=f"record:{record.topic}/{record.partition}@{record.offset}"
+        )
         part.tasks.add(task)
-        task.add_done_callback(lambda done: self._finished(queued, place, done))
-
-    def _left_window(self) -> None:
-        self._flight.left()
-        self._start_queued()
-
-    def _start_queued(self) -> None:
-        """Start waiting records while the window has room (never once the loop is stopping)."""
-        while not self._stopping.is_set() and (queued := self._flight.next_ready()) is not None:
-            self._start(queued)
+        task.add_done_callback(lambda done: self._finished(part, tracked, size, done))
 
     async def _process(self, record: ConsumerRecord) -> None:
         """Handle ``record``; while a service around us (not the message) fails, keep it uncommitted and
@@ -292,20 +268,19 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
         backoff = Backoff(INFRA_BACKOFF_INITIAL_S, INFRA_BACKOFF_MAX_S)
         await until_available(lambda: self._handler(record), backoff=backoff, on_retry=report)
 
-    def _finished(self, queued: Queued, place: startwindow.Place, task: asyncio.Task[None]) -> None:
-        part = queued.part
+    def _finished(self, part: PartitionWork, offset: int, size: int, task: asyncio.Task[None]) -> None:
         part.tasks.discard(task)
-        self._flight.finished(queued)
-        error = None if task.cancelled() else task.exception()
-        if error is not None and self._fatal is None:
-            self._fatal = error
-            log.error("stopping: %s: %s", type(error).__name__, error)
+        self._flight.finished(size)
+        if task.cancelled():
+            return  # dropped (revoked or cut off at shutdown): never committed
+        error = task.exception()
         if error is not None:
+            if self._fatal is None:
+                self._fatal = error
+                log.error("stopping: %s: %s", type(error).__name__, error)
             self._stopping.set()
-        place.leave()  # (unless it left when its guard call ended) the next record starts, if not stopping
-        if error is not None or task.cancelled():
-            return  # failed (the loop stops), or dropped (revoked, cut off at shutdown): never committed
-        part.offsets.done(queued.offset)
+            return
+        part.offsets.done(offset)
         self.stats.done += 1
         self._apply_backpressure()
 
@@ -376,14 +351,14 @@ class FetchLoop(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         """Commit what is done for the revoked partitions, then drop their unfinished work."""
         await self.commit_within(COMMIT_DEADLINE_S, only=set(revoked))
-        gone = {tp: part for tp in revoked if (part := self._parts.pop(tp, None)) is not None}
-        dropped = self._flight.drop(list(gone.values()))
-        for tp, part in gone.items():
+        for tp in revoked:
+            part = self._parts.pop(tp, None)
+            if part is None:
+                continue
             for task in part.tasks:
                 task.cancel()
-            unfinished = len(part.tasks) + dropped.get(id(part), 0)
-            if unfinished:
-                log.info("revoked %s: dropped %d unfinished record(s)", tp, unfinished)
+            if part.tasks:
+                log.info("revoked %s: dropped %d unfinished record(s)", tp, len(part.tasks))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         """Start tracking newly assigned partitions (paused too if the loop is paused)."""

@@ -27,7 +27,7 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 def settle_heap() -> None:
     """Once start-up is over: collect, then keep what survived (modules, classes, clients: most of the
     heap, and it lives as long as the process) out of the garbage collector's sight. A full collection
-    then walks only the objects of the records in flight: a few milliseconds instead of tens, each of
-    them a pause of the event loop while guard replies wait."""
+    then walks only the objects of the records in flight, in about half the time (each collection is a
+    pause of the event loop while guard replies wait)."""
     gc.collect()
     gc.freeze()

@@ -39,7 +39,6 @@ from worker.core.errors import (
 )
 from worker.core.messages import ModerationRequest, check_headers, parse_request
 from worker.core.policy import Action, parse_action
-from worker.core.startwindow import leave_start_window
 from worker.core.times import utc_now_rfc3339
 from worker.core.verdict import ProvisionalVerdict, Verdict, stored_for_publish
 from worker.failures.envelope import force_token, replay_token
@@ -158,10 +157,7 @@ class Pipeline:
                 try:
                     # A forced replay judges every chunk afresh, once: its retry hops reuse what it judged.
                     fresh = delivery.force is not None and delivery.hops == 0
-                    try:
-                        answer = await self._caller.answer(request.id, request.guard_request(), fresh=fresh)
-                    finally:
-                        leave_start_window()  # no more guard calls: the next record may start
+                    answer = await self._caller.answer(request.id, request.guard_request(), fresh=fresh)
                 except GuardCallFailed as failed:
                     if not isinstance(failed.error, OutageFallback):
                         return await self._on_guard_failure(delivery, failed)
