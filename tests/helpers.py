@@ -247,3 +247,20 @@ async def run_guardq(
     out, err = await asyncio.wait_for(process.communicate(stdin), timeout=timeout_s)
     assert process.returncode is not None
     return subprocess.CompletedProcess(args, process.returncode, out.decode(), err.decode())
+
+
+class InProcessBackend:
+    """The lifecycle of a guard backend made in a test (nothing to start, stop or check); a subclass adds
+    ``moderate`` (and ``moderate_batch`` for a batching one)."""
+
+    model = "test-backend"
+    context_window = None
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def check(self) -> None:
+        return None

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from opentelemetry.sdk.trace import TracerProvider
 from redis.asyncio import Redis
 
-from tests.helpers import wait_until
+from tests.helpers import InProcessBackend
+from tests.test_breaker import _to_half_open
 from worker.core.errors import GuardError
 from worker.core.guard_types import GuardRequest, GuardVerdict
 from worker.processing.breaker import BreakerPolicy, BreakerState, CircuitBreaker
@@ -24,23 +25,11 @@ from worker.telemetry.metrics import Metrics
 TRIALS = 3
 
 
-class BatchGuard:
+class BatchGuard(InProcessBackend):
     """A batching guard of its own making: answers every text safe, one request per batch."""
-
-    model = "m"
-    context_window = None
 
     def __init__(self) -> None:
         self.batches: list[int] = []
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    async def check(self) -> None:
-        return None
 
     async def moderate(self, request: GuardRequest) -> GuardVerdict:
         raise AssertionError("a batching backend is called through moderate_batch")
@@ -51,23 +40,6 @@ class BatchGuard:
 
 
 POLICY = BreakerPolicy(cooldown_initial_s=0.01, trial_calls=TRIALS, half_open_timeout_s=30.0)
-
-
-async def _half_open(breaker: CircuitBreaker) -> None:
-    for index in range(POLICY.consecutive_failures):
-        breaker.record(success=False, text=index)
-    assert breaker.is_open
-
-    async def probe() -> None:
-        return None
-
-    prober = asyncio.create_task(breaker.run_prober(probe))
-
-    async def half_open() -> bool:
-        return breaker.state is BreakerState.HALF_OPEN
-
-    await wait_until(half_open, timeout_s=5, what="the breaker to turn half-open")
-    prober.cancel()
 
 
 async def test_trial_calls_gathered_in_one_batch_close_the_breaker() -> None:
@@ -87,7 +59,9 @@ async def test_trial_calls_gathered_in_one_batch_close_the_breaker() -> None:
         batch_max=TRIALS,
         batch_wait_s=0.05,
     )
-    await _half_open(breaker)
+    for index in range(POLICY.consecutive_failures):
+        breaker.record(success=False, text=index)
+    await _to_half_open(breaker)
     async with asyncio.timeout(5):
         answers = await asyncio.gather(
             *(caller.answer(f"id{i}", GuardRequest(text=f"text {i}")) for i in range(TRIALS))

@@ -7,27 +7,17 @@ import json
 import pytest
 
 from tests.conftest import SettingsFactory
-from tests.helpers import GuardSim, collect, publish, running_worker, wait_for_verdicts
+from tests.helpers import GuardSim, InProcessBackend, collect, publish, running_worker, wait_for_verdicts
 from worker.core.guard_types import GuardRequest, GuardVerdict
 from worker.failures.envelope import DeadLetterEnvelope
 
 pytestmark = pytest.mark.integration
 
 
-class BuggyBackend:
+class BuggyBackend(InProcessBackend):
     """Answers every text, except that it trips over one of them with a plain Python error."""
 
     model = "buggy-test-backend"
-    context_window = None
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    async def check(self) -> None:
-        return None
 
     async def moderate(self, request: GuardRequest) -> GuardVerdict:
         if "trip" in request.text:
