@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -145,24 +145,8 @@ def child_span(
     traceparent headers, and the message pays for one span instead of four."""
     current = trace.get_current_span()
     if not current.is_recording() and current.get_span_context().is_valid:
-        return _StandIn(current)
+        return nullcontext(current)
     return _recorded_child(tracer, name, kind, attributes)
-
-
-class _StandIn:
-    """The current span, entered in place of a child nobody would record (a plain class: this is the
-    common case, several times per message)."""
-
-    __slots__ = ("_span",)
-
-    def __init__(self, span: Span) -> None:
-        self._span = span
-
-    def __enter__(self) -> Span:
-        return self._span
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None
 
 
 @contextmanager
