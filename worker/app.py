@@ -159,6 +159,8 @@ class Worker:
             )
             for client in (redis, probe_redis)
         )
+        stack.push_async_callback(store.aclose)
+        stack.push_async_callback(probe_store.aclose)
         return redis, store, probe_store
 
     @staticmethod

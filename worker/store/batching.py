@@ -2,7 +2,9 @@
 
 The records of one fetch start together and each claims its id; verdicts of an instant guard come back
 together and each is saved. Called one by one, every call pays redis-py's per-command cost (a pool
-checkout, a send, a read); gathered, a few hundred share one. Each caller still gets its own answer, or
+checkout, a send, a read); gathered, a few hundred share one. The batches travel on a ``Lane`` (a
+connection of their own, pipelined back to back), so a batch of one, the usual save behind a slow guard,
+costs little more than its write and its read. Each caller still gets its own answer, or
 its own error: a script error (NOPERM, BUSY ...) reaches only the call that met it, a connection error
 reaches every call of the batch, and a script Redis has forgotten (NOSCRIPT, after a restart or a
 SCRIPT FLUSH) is loaded again and the call repeated.
@@ -20,6 +22,8 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from worker.store.lane import Lane
+
 MAX_BATCH = 512  # calls per round trip; more wait for the next one
 
 
@@ -35,7 +39,7 @@ class ScriptBatcher:
     """Runs ``AsyncScript`` calls, gathering those made in one loop turn into one pipeline."""
 
     def __init__(self, redis: Redis) -> None:
-        self._redis = redis
+        self._lane = Lane(redis)
         self._pending: list[_Call] = []
         self._running: set[asyncio.Task[None]] = set()
         self.round_trips = 0  # pipelines sent (for tests and profiling)
@@ -76,10 +80,13 @@ class ScriptBatcher:
 
     async def _pipeline(self, calls: list[_Call]) -> list[Any]:
         self.round_trips += 1
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for call in calls:
-                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-            return list(await pipe.execute(raise_on_error=False))
+        return await self._lane.execute(
+            [("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in calls]
+        )
+
+    async def aclose(self) -> None:
+        """Close the lane's connection (calls still waiting fail with a connection error)."""
+        await self._lane.aclose()
 
     async def _again(self, call: _Call) -> None:
         """One call alone, through the script object (which loads the script when Redis lacks it)."""

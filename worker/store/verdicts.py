@@ -251,6 +251,10 @@ class VerdictStore:
         self._probe = redis.register_script(_PROBE)
         self._batch = ScriptBatcher(redis)
 
+    async def aclose(self) -> None:
+        """Close the connection the claims and saves travel on (the client's pool is the caller's)."""
+        await self._batch.aclose()
+
     @property
     def script_round_trips(self) -> int:
         """Pipelines of claims and saves sent so far."""
