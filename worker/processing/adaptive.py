@@ -6,13 +6,14 @@ median: a pause of the worker's own event loop stretches a few calls, not the gu
 no-load latency: while it stays within ``tolerance`` times the no-load latency the guard is not queueing
 and the cap grows (by a tenth, at least one slot) if the window used at least half of it (a cap nobody
 reaches proves nothing and is left alone); above it the cap shrinks half of the way the latency ratio
-asks (never below half). Until the guard first queues or refuses, a window is one round of calls rather
-than two (a slow start): a worker reaches what the guard serves in about half the time, in the same
-small steps. A 429 or a 503 shrinks it at once, to 0.85 of itself (a timeout: 0.7), once
+asks (never below half). Until the guard first queues or refuses (a slow start), a window is one round
+of calls rather than two and a step is at least two slots: a worker starting at 4 reaches a guard that
+serves 16 in about seven rounds, where it took twenty. A 429 or a 503 shrinks it at once, to 0.85 of itself (a timeout: 0.7), once
 per window, and remembers where that happened: from there on the cap grows one slot per window past nine
 tenths of it (a guard that refuses instead of queueing shows no latency to steer by).
 
-The no-load latency is the lowest window median seen; every ``probe_every_s`` the cap drops to its
+The no-load latency is the lowest window median seen, from the first window on (at the minimum cap: a
+worker does not spend its first rounds on a probe); every ``probe_every_s`` the cap drops to its
 minimum for one window to measure it afresh (a guard that got slower for good is learned that way, and a
 queue the controller itself built cannot pass for the guard's speed). Samples of calls that started
 before the probe do not count in it. Probes fall on multiples of ``probe_every_s`` of the wall clock, so
@@ -36,9 +37,10 @@ from worker.processing.limiter import ConcurrencyLimiter
 log = logging.getLogger(__name__)
 
 GROWTH = 0.1
-# Until the guard first queues or refuses, a window is one round of calls (at least this many): the cap
-# climbs in the same small steps, each after one round instead of two or more.
-SLOW_START_WINDOW = 8
+# Until the guard first queues or refuses, a window is one round of calls (at least this many), and the
+# cap climbs by at least this many slots a window.
+SLOW_START_WINDOW = 4
+SLOW_START_STEP = 2.0
 BACKOFF = 0.85  # after a refusal (429, 503): the guard said exactly "too many"
 TIMEOUT_BACKOFF = 0.7  # after a timeout: the queue is already far too long
 MIN_WINDOW = 32
@@ -80,8 +82,7 @@ class AdaptiveLimit:
         self._busy = False
         self._cautious_above = float(maximum)  # nine tenths of the cap at the last overload
         self._slow_start = True  # one-round windows until the guard first queues or refuses
-        # The first window measures the no-load latency at the minimum cap.
-        self._probe_since: float | None = clock()
+        self._probe_since: float | None = None
         self._resume_at = minimum
         self._next_probe = self._aligned_probe_time()
         limiter.set_limit(minimum)
@@ -132,7 +133,8 @@ class AdaptiveLimit:
         if gradient >= 1.0:
             if not busy:
                 return
-            step = 1.0 if self._limit >= self._cautious_above else max(1.0, self._limit * GROWTH)
+            least = SLOW_START_STEP if self._slow_start else 1.0
+            step = 1.0 if self._limit >= self._cautious_above else max(least, self._limit * GROWTH)
             self._apply(self._limit + step, why="the guard keeps up")
         else:
             self._slow_start = False
