@@ -44,7 +44,7 @@ SLOW_START_STEP = 2.0
 BACKOFF = 0.85  # after a refusal (429, 503): the guard said exactly "too many"
 TIMEOUT_BACKOFF = 0.7  # after a timeout: the queue is already far too long
 MIN_WINDOW = 32
-PROBE_WINDOW = 32
+PROBE_WINDOW = 16  # calls at the minimum cap: at 4 in flight, four rounds of the guard
 # Below this, latency is the worker's own event loop more than the guard: a busy loop stretches every call
 # by milliseconds, which must not read as the guard queueing (an instant guard would be held to a few slots).
 NOLOAD_FLOOR_S = 0.01
