@@ -112,13 +112,29 @@ async def test_a_batch_past_its_deadline_fails_and_the_next_one_is_answered(
         await client.aclose()
 
 
-async def test_a_killed_connection_fails_its_batch_and_the_next_connects_again(
-    lane: Lane, redis: Redis
+async def test_a_connection_killed_mid_batch_fails_that_batch_and_the_next_connects_again(
+    lane: Lane, redis: Redis, redis_prefix: str
 ) -> None:
     [before] = await lane.execute([("CLIENT", "ID")])
+    blocked = asyncio.create_task(lane.execute([("BLPOP", redis_prefix + "queue", 5)]))
+    await until_blocked(redis)
     await redis.client_kill_filter(_id=before)
     with pytest.raises(RedisConnectionError):
-        await lane.execute([("PING",)])
+        await blocked
+    [after] = await lane.execute([("CLIENT", "ID")])
+    assert after != before
+
+
+async def test_an_idle_connection_the_server_closed_is_replaced_before_the_next_batch(
+    lane: Lane, redis: Redis
+) -> None:
+    # As Redis's idle `timeout` or a restart does: the next batch must not fail on the dead connection.
+    [before] = await lane.execute([("CLIENT", "ID")])
+    await redis.client_kill_filter(_id=before)
+    for _ in range(100):  # until the server has let it go (its close then reached us before this reply)
+        if not await redis.execute_command("CLIENT", "LIST", "ID", before):
+            break
+        await asyncio.sleep(0.01)
     [after] = await lane.execute([("CLIENT", "ID")])
     assert after != before
 

@@ -50,6 +50,8 @@ class Lane:
         try:
             async with asyncio.timeout(self._timeout_s):
                 await self._connected()
+                if self._tail is None and await self._gone_stale():
+                    await self._connected()
                 return await self._exchange(commands)
         except TimeoutError:
             raise RedisTimeoutError(f"no reply from Redis within {self._timeout_s:g}s") from None
@@ -68,6 +70,19 @@ class Lane:
                 self._connecting = asyncio.get_running_loop().create_task(self._connect(self._conn))
             # Shielded: one batch giving up (deadline, cancellation) does not abort the others' connect.
             await asyncio.shield(self._connecting)
+
+    async def _gone_stale(self) -> bool:
+        """Whether the idle connection was closed meanwhile (Redis's idle ``timeout``, a restart, CLIENT
+        KILL) or holds bytes nobody asked for: then it is dropped, and the batch goes on a new one instead
+        of failing on it. The same check as redis-py's pool makes on each checkout."""
+        conn = self._conn
+        try:
+            stale = await conn.can_read()
+        except (RedisConnectionError, OSError):
+            stale = True
+        if stale:
+            await self._drop(conn)
+        return stale
 
     async def _connect(self, conn: AbstractConnection) -> None:
         try:
