@@ -179,6 +179,7 @@ class Worker:
             max_buffered=settings.max_buffered,
             max_buffered_bytes=settings.max_buffered_bytes,
             commit_interval_s=settings.commit_interval_s,
+            slots=lambda: self.limiter.limit,
             # An open circuit pauses consumption, unless a fallback gives provisional verdicts meanwhile;
             # parked messages wait while it is open (half-open, they make the trial calls).
             hold=lambda: self.breaker.is_open and not self.breaker.in_fallback,
