@@ -171,3 +171,16 @@ async def test_batches_arriving_while_the_lane_connects_wait_for_the_handshake(
         await asyncio.sleep(0)  # one per loop turn, all through the connect
     answers = await asyncio.gather(*started)
     assert answers == [[i, str(i).encode()] for i in range(200)]
+
+
+async def test_text_bytes_and_numbers_reach_redis_as_the_client_sends_them(
+    lane: Lane, redis: Redis, redis_prefix: str
+) -> None:
+    values: list[bytes | str | int] = ["ünïcode ✓", "", b"\r\n\x00\xff binary", -17, 2**62, "$3\r\nfoo\r\n"]
+    keys = [f"{redis_prefix}v{i}" for i in range(len(values))]
+    replies = await lane.execute([("SET", key, value) for key, value in zip(keys, values, strict=True)])
+    assert all(reply in (True, b"OK") for reply in replies)
+    expected = [value.encode() if isinstance(value, str) else value for value in values]
+    expected = [str(value).encode() if isinstance(value, int) else value for value in expected]
+    assert await redis.mget(keys) == expected
+    assert await lane.execute([("GET", key) for key in keys]) == expected
