@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tests.conftest import SettingsFactory
 from tests.helpers import GuardSim, publish, running_worker, wait_for_verdicts
+from worker.kafka.inflight import FetchStats
 
 pytestmark = pytest.mark.integration
+
+
+async def drain_backlog(
+    make_settings: SettingsFactory, guard_sim: GuardSim, *, latency_ms: int, count: int, **overrides: Any
+) -> FetchStats:
+    """Publish ``count`` messages, run a worker until each has its verdict, and return its fetch counters."""
+    await guard_sim.configure(latency_ms=latency_ms)
+    settings = make_settings(**overrides)
+    ids = [f"b{i}" for i in range(count)]
+    await publish(settings, ({"id": i, "text": f"backlog {i}"} for i in ids))
+    async with running_worker(settings) as worker:
+        await wait_for_verdicts(settings, ids, timeout_s=90)
+        assert worker.fetch_loop is not None
+        return worker.fetch_loop.stats
 
 
 async def test_backlog_larger_than_buffer_pauses_fetching_and_still_completes(
     make_settings: SettingsFactory, guard_sim: GuardSim
 ) -> None:
-    await guard_sim.configure(latency_ms=30)
-    settings = make_settings(concurrency=4, max_buffered=20)
-    ids = [f"b{i}" for i in range(300)]
-    await publish(settings, ({"id": i, "text": f"backlog {i}"} for i in ids))
-    async with running_worker(settings) as worker:
-        await wait_for_verdicts(settings, ids, timeout_s=90)
-        assert worker.fetch_loop is not None
-        stats = worker.fetch_loop.stats
+    stats = await drain_backlog(
+        make_settings, guard_sim, latency_ms=30, count=300, concurrency=4, max_buffered=20
+    )
     assert stats.pauses >= 1
     assert stats.peak_buffered <= 20
 
@@ -30,13 +42,8 @@ async def test_the_record_cap_follows_the_concurrency_below_max_buffered(
 ) -> None:
     # Four records per guard call allowed in flight (here 100: a cap of 400), not GUARDQ_MAX_BUFFERED's
     # 1,000: records waiting for a slot are few, and so are the leases they hold.
-    await guard_sim.configure(latency_ms=100)
-    settings = make_settings(concurrency=100, max_buffered=1000)
-    ids = [f"c{i}" for i in range(1200)]
-    await publish(settings, ({"id": i, "text": f"capped {i}"} for i in ids))
-    async with running_worker(settings) as worker:
-        await wait_for_verdicts(settings, ids, timeout_s=90)
-        assert worker.fetch_loop is not None
-        stats = worker.fetch_loop.stats
+    stats = await drain_backlog(
+        make_settings, guard_sim, latency_ms=100, count=1200, concurrency=100, max_buffered=1000
+    )
     assert stats.pauses >= 1
     assert 256 < stats.peak_buffered <= 400

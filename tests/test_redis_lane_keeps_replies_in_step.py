@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -40,6 +41,17 @@ async def until_blocked(redis: Redis, count: int = 1) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the lane's BLPOP never blocked")
+
+
+async def blocked_then_behind(
+    lane: Lane, redis: Redis, queue: str, key: str
+) -> tuple[asyncio.Task[list[Any]], asyncio.Task[list[Any]]]:
+    """A batch blocked in BLPOP on ``queue``, and a GET of ``key`` written behind it, waiting its turn."""
+    blocked = asyncio.create_task(lane.execute([("BLPOP", queue, 5)]))
+    await until_blocked(redis)
+    behind = asyncio.create_task(lane.execute([("GET", key)]))
+    await asyncio.sleep(0)  # its first step writes it
+    return blocked, behind
 
 
 async def test_an_error_reply_is_its_commands_answer_and_the_rest_stay_in_step(
@@ -83,10 +95,7 @@ async def test_a_cancelled_batch_drops_the_connection_and_no_reply_goes_astray(
     queue, key = redis_prefix + "queue", redis_prefix + "k"
     await redis.set(key, "mine")
     before = await lane.execute([("CLIENT", "ID")])
-    blocked = asyncio.create_task(lane.execute([("BLPOP", queue, 5)]))
-    await until_blocked(redis)
-    behind = asyncio.create_task(lane.execute([("GET", key)]))
-    await asyncio.sleep(0)
+    blocked, behind = await blocked_then_behind(lane, redis, queue, key)
     blocked.cancel()
     with pytest.raises(asyncio.CancelledError):
         await blocked
@@ -144,10 +153,7 @@ async def test_a_batch_cancelled_while_waiting_its_turn_drops_the_connection(
 ) -> None:
     queue, key, other = redis_prefix + "queue", redis_prefix + "k", redis_prefix + "other"
     await redis.mset({key: "waiting", other: "next"})
-    blocked = asyncio.create_task(lane.execute([("BLPOP", queue, 5)]))
-    await until_blocked(redis)
-    waiting = asyncio.create_task(lane.execute([("GET", key)]))
-    await asyncio.sleep(0.05)
+    blocked, waiting = await blocked_then_behind(lane, redis, queue, key)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
