@@ -22,7 +22,7 @@ import orjson
 from worker.config.settings import Settings
 from worker.kafka import clients as kafka
 from worker.kafka.reading import records
-from worker.store.verdicts import delete_prefix
+from worker.store.connect import delete_prefix
 
 PARTITIONS = 8
 GUARDQ = (sys.executable, "-m", "worker", "run")

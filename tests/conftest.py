@@ -17,7 +17,7 @@ import pytest
 from tests.helpers import GuardSim, start_guard_sim, stop_process
 from worker.config.settings import Settings
 from worker.dev import stack
-from worker.store.verdicts import delete_prefix
+from worker.store.connect import delete_prefix
 
 SettingsFactory = Callable[..., Settings]
 

@@ -24,7 +24,7 @@ from worker.guard.factory import build_backend
 from worker.guard.http import tls_context
 from worker.guard.qwen3guard import Qwen3GuardBackend
 from worker.kafka import clients as kafka
-from worker.store.verdicts import RedisSecurity, connect_redis
+from worker.store.connect import RedisSecurity, connect_redis
 
 SASL = {
     "GUARDQ_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",

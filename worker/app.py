@@ -39,7 +39,8 @@ from worker.processing.pipeline import Pipeline
 from worker.processing.retry import RetryPolicy
 from worker.processing.throttle import Throttle
 from worker.store.checks import check_store
-from worker.store.verdicts import LeaseKeeper, RedisSecurity, VerdictStore, connect_redis
+from worker.store.connect import RedisSecurity, connect_redis
+from worker.store.verdicts import LeaseKeeper, VerdictStore
 from worker.telemetry import tracing
 from worker.telemetry.metrics import Metrics
 

@@ -22,8 +22,8 @@ from worker.config.settings import Settings
 from worker.core.guard_types import Kind
 from worker.core.verdict import parse_verdict
 from worker.kafka.publish import InputProducer
+from worker.store.connect import RedisSecurity, connect_redis
 from worker.store.keys import RedisKeys
-from worker.store.verdicts import RedisSecurity, connect_redis
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from worker.failures.envelope import H_ERROR_REASON
 from worker.guard.local import check_local_installed
 from worker.kafka.publish import BadLine, InputProducer, read_jsonl
 from worker.kafka.reading import records
-from worker.store.verdicts import delete_prefix
+from worker.store.connect import delete_prefix
 from worker.telemetry import logs
 
 DEMO_MAX_TEXT_CHARS = 2000

@@ -38,6 +38,7 @@ from worker.failures.listing import DeadLetter, Filter, shown, stream
 from worker.failures.pacing import Pacer, Progress
 from worker.failures.schedule import RetrySchedule
 from worker.kafka import clients as kafka
+from worker.store.connect import RedisSecurity, connect_redis
 from worker.store.replay_marks import (
     TOKEN_MARGIN_S,
     ReplayMark,
@@ -47,7 +48,6 @@ from worker.store.replay_marks import (
     register_tokens,
     replay_marks,
 )
-from worker.store.verdicts import RedisSecurity, connect_redis
 from worker.telemetry import tracing
 
 # Republished records in flight before their acknowledgements are awaited and marked in one HSET.
