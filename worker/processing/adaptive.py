@@ -8,9 +8,10 @@ and the cap grows (by a tenth, at least one slot) if the window used at least ha
 reaches proves nothing and is left alone); above it the cap shrinks half of the way the latency ratio
 asks (never below half). Until the guard first queues or refuses (a slow start), a window is one round
 of calls rather than two and a step is at least two slots: a worker starting at 4 reaches a guard that
-serves 16 in about seven rounds, where it took twenty. A 429 or a 503 shrinks it at once, to 0.85 of itself (a timeout: 0.7), once
-per window, and remembers where that happened: from there on the cap grows one slot per window past nine
-tenths of it (a guard that refuses instead of queueing shows no latency to steer by).
+serves 16 in about 6 rounds, where it took 22. A 429 or a 503 shrinks it at once, to 0.85 of itself (a
+timeout: 0.7), once per window, and remembers where that happened: from there on the cap grows one slot
+per window past nine tenths of it (a guard that refuses instead of queueing shows no latency to steer
+by).
 
 The no-load latency is the lowest window median seen, from the first window on (at the minimum cap: a
 worker does not spend its first rounds on a probe); every ``probe_every_s`` the cap drops to its
