@@ -1,17 +1,17 @@
-"""The guard's reply is read up to a cap whatever its headers say: an uncompressed reply of a declared
-length is read in one go, a compressed one (whose declared length says nothing of what it inflates to) in
-chunks against the cap."""
+"""The guard's reply is read up to a cap whatever its headers say, over a real socket from an aiohttp
+server: a compressed reply (whose declared length says nothing of what it inflates to) is inflated only
+up to the cap, and the connection it came on is not reused."""
 
 from __future__ import annotations
 
 import gzip
+import ssl
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 from aiohttp import web
 
-from worker.guard.http import _read_capped
+from worker.guard.transport import KeepAlivePool
 
 CAP = 1024 * 1024
 
@@ -32,16 +32,24 @@ async def server() -> AsyncIterator[str]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     await runner.cleanup()
 
 
 async def test_a_compressed_reply_is_cut_at_the_cap_however_small_its_declared_length(server: str) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(server + "/bomb") as resp:
-            assert resp.content_length is not None and resp.content_length < CAP
-            body, whole = await _read_capped(resp, CAP)
-        assert (len(body), whole) == (CAP, False)
-        async with session.get(server + "/small") as resp:
-            assert await _read_capped(resp, CAP) == (b'{"ok": true}', True)
+    pool = KeepAlivePool(
+        server,
+        limit=2,
+        timeout_s=10,
+        connect_timeout_s=10,
+        ssl_context=ssl.create_default_context(),
+        max_reply_bytes=CAP,
+    )
+    try:
+        reply = await pool.request("GET", "/bomb", None, {})
+        assert int(reply.headers["Content-Length"]) < CAP
+        assert (len(reply.body), reply.whole) == (CAP, False)
+        small = await pool.request("GET", "/small", None, {})
+        assert (small.body, small.whole) == (b'{"ok": true}', True)
+    finally:
+        await pool.close()

@@ -381,8 +381,7 @@ async def test_the_connect_timeout_is_its_own_within_the_call_timeout() -> None:
     assert isinstance(backend, Qwen3GuardBackend)
     await backend.start()
     try:
-        timeout = backend._session.timeout  # type: ignore[union-attr]
-        assert (timeout.total, timeout.sock_connect) == (30, 2)
+        assert backend.timeouts_s == (30, 2)
     finally:
         await backend.stop()
     longer = build_backend(
@@ -390,6 +389,6 @@ async def test_the_connect_timeout_is_its_own_within_the_call_timeout() -> None:
     )
     await longer.start()
     try:
-        assert longer._session.timeout.sock_connect == 10  # type: ignore[attr-defined]
+        assert longer.timeouts_s == (10, 10)  # type: ignore[attr-defined]
     finally:
         await longer.stop()

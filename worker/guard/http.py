@@ -1,5 +1,6 @@
-"""The HTTP side every guard backend shares: one pooled session for calls and one for probes, TLS,
-redirects never followed, replies read up to a cap, transport failures and statuses mapped to
+"""The HTTP side every guard backend shares: one keep-alive pool for calls and one for probes
+(``worker.guard.transport``), TLS, redirects never followed, replies read up to a cap, transport failures
+and statuses mapped to
 ``worker.core.errors.GuardError`` subclasses (``wire.error_for_status``), the API key kept out of every
 message, and the model check against ``GET /models``. Backends add what they send and how they read it.
 This module never retries (the retry policy lives in one place above it).
@@ -14,13 +15,13 @@ from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 import orjson
 from opentelemetry.propagate import inject
 
 from worker.core.errors import GuardConfigError, GuardError, GuardModelMissing, GuardTimeout, GuardUnavailable
 from worker.core.guard_types import GuardRequest, GuardVerdict
 from worker.guard.base import AsyncLifecycle
+from worker.guard.transport import HeaderError, KeepAlivePool, ReplyError
 from worker.guard.wire import (
     context_window,
     error_for_status,
@@ -33,7 +34,6 @@ from worker.guard.wire import (
 # A verdict reply is well under 2 KiB; anything past this is read no further (64 calls in flight must not
 # be able to hold 64 huge replies in memory). An error reply is cut there; a 200 reply is a bad reply.
 MAX_REPLY_BYTES: Final = 1024 * 1024
-_READ_CHUNK_BYTES: Final = 64 * 1024
 
 QUOTE_PROBE_CHARS = 24
 PROBE_TIMEOUT_S = 10.0  # a models listing answers fast; waiting longer only delays noticing an outage
@@ -67,26 +67,6 @@ def tls_context(*, verify: bool = True, ca_file: str | None = None) -> ssl.SSLCo
     return context
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
-    """At most ``cap`` bytes of the body, and whether that is all of it (the rest is never read: the
-    connection is closed instead of drained)."""
-    declared = resp.content_length
-    if declared is not None and declared > cap:
-        resp.close()
-        return b"", False
-    if declared is not None and resp.headers.get("Content-Encoding", "identity").lower() == "identity":
-        # Exactly the declared length, uncompressed: one read. A compressed body's declared length says
-        # nothing of what it inflates to, so it is read in chunks against the cap below.
-        return await resp.read(), True
-    body = bytearray()
-    async for chunk in resp.content.iter_chunked(_READ_CHUNK_BYTES):
-        body += chunk
-        if len(body) > cap:
-            resp.close()
-            return bytes(body[:cap]), False
-    return bytes(body), True
-
-
 def _redirect_note(location: str) -> str:
     """Where a redirect pointed, without path or query (they may carry tokens)."""
     parts = urlsplit(location)
@@ -101,7 +81,7 @@ def _without_credentials(url: str) -> str:
 
 
 class GuardHttp(AsyncLifecycle):
-    """An OpenAI-compatible guard server behind one pooled session; subclasses add ``moderate``."""
+    """An OpenAI-compatible guard server behind a keep-alive connection pool; subclasses add ``moderate``."""
 
     def __init__(
         self,
@@ -124,14 +104,14 @@ class GuardHttp(AsyncLifecycle):
         self._shown_url = _without_credentials(self._base_url)
         self._model = model
         self._context_window: int | None = None
-        self._probe_session: aiohttp.ClientSession | None = None
+        self._probe_pool: KeepAlivePool | None = None
         # The key is kept only to build the header and to scrub it from server-echoed messages.
         self._api_key = api_key or None
         self._timeout_s = timeout_s
         # A black-holed guard frees the slot after this, not after the whole call's timeout.
         self._connect_timeout_s = min(connect_timeout_s or timeout_s, timeout_s)
         self._pool_size = pool_size
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: KeepAlivePool | None = None
         # Built now, so a bad CA bundle stops the start-up rather than every later call.
         self._ssl = tls_context(verify=tls_verify, ca_file=ca_file)
 
@@ -144,7 +124,7 @@ class GuardHttp(AsyncLifecycle):
 
     @property
     def ssl_context(self) -> ssl.SSLContext:
-        """The TLS context of the session's connector (used for https guard URLs)."""
+        """The TLS context of the connections to an https guard."""
         return self._ssl
 
     @property
@@ -153,28 +133,35 @@ class GuardHttp(AsyncLifecycle):
         return self._model
 
     async def start(self) -> None:
-        """Open the pooled HTTP session; calling it again is a no-op."""
-        if self._session is not None:
+        """Open the connection pools; calling it again is a no-op."""
+        if self._pool is not None:
             return
         # The pool limit caps in-flight calls: vLLM queues without limit, so the client must.
-        connector = aiohttp.TCPConnector(limit=self._pool_size, ssl=self._ssl)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self._timeout_s, sock_connect=self._connect_timeout_s),
-            cookie_jar=aiohttp.DummyCookieJar(),  # a guard's cookies are neither kept nor sent back
-        )
+        self._pool = self._pool_of(self._pool_size, self._timeout_s)
         # Start-up checks, probes and heartbeats get connections of their own: a pool full of slow
         # moderation calls must not make a healthy guard look down.
-        self._probe_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=2, ssl=self._ssl),
-            timeout=aiohttp.ClientTimeout(total=min(self._timeout_s, PROBE_TIMEOUT_S)),
+        self._probe_pool = self._pool_of(2, min(self._timeout_s, PROBE_TIMEOUT_S))
+
+    def _pool_of(self, limit: int, timeout_s: float) -> KeepAlivePool:
+        return KeepAlivePool(
+            self._base_url,
+            limit=limit,
+            timeout_s=timeout_s,
+            connect_timeout_s=self._connect_timeout_s,
+            ssl_context=self._ssl,
+            max_reply_bytes=MAX_REPLY_BYTES,
         )
 
+    @property
+    def timeouts_s(self) -> tuple[float, float]:
+        """(the whole call, its connect) in seconds."""
+        return self._timeout_s, self._connect_timeout_s
+
     async def stop(self) -> None:
-        """Close the session and its connections; calling it again is a no-op."""
-        session, self._session = self._session, None
-        probe, self._probe_session = self._probe_session, None
-        for each in (session, probe):
+        """Close the pools and their connections; calling it again is a no-op."""
+        pool, self._pool = self._pool, None
+        probe, self._probe_pool = self._probe_pool, None
+        for each in (pool, probe):
             if each is not None:
                 await each.close()
 
@@ -230,40 +217,35 @@ class GuardHttp(AsyncLifecycle):
         """One HTTP exchange: (status, headers, body, whether the body is whole), with transport failures
         mapped to GuardErrors. Redirects are never followed (they would re-send the user's text to another
         origin); the body is read up to ``MAX_REPLY_BYTES``."""
-        session = self._probe_session if probe else self._session
-        if session is None:
+        pool = self._probe_pool if probe else self._pool
+        if pool is None:
             raise RuntimeError(f"{type(self).__name__}.start() was not called")
-        url = self._base_url + path
         headers = self._headers()
-        body = None
+        data = None
         if payload is not None:
-            # Serialised once, by orjson, and sent as bytes (aiohttp's json= goes through the stdlib).
-            body = orjson.dumps(payload)
+            data = orjson.dumps(payload)
             headers["Content-Type"] = "application/json"
         try:
-            async with session.request(
-                method, url, data=body, headers=headers, allow_redirects=False
-            ) as resp:
-                body, whole = await _read_capped(resp, MAX_REPLY_BYTES)
-                if 300 <= resp.status < 400:
-                    body = _redirect_note(resp.headers.get("Location", "")).encode()
-                return resp.status, resp.headers, body, whole
+            reply = await pool.request(method, path, data, headers)
         except TimeoutError as exc:
-            # Caught before ClientError: aiohttp's connect/read timeouts subclass both.
             raise GuardTimeout(
                 f"guard call timed out after {self._timeout_s:g}s: {method} {self._shown_url}{path}"
             ) from exc
-        except aiohttp.InvalidURL as exc:
-            raise GuardConfigError(f"guard URL is invalid: {one_line(str(exc))}") from exc
-        except aiohttp.ClientConnectorCertificateError as exc:
+        except ssl.SSLCertVerificationError as exc:
             # A certificate the guard's CA bundle does not accept will not fix itself: configuration.
             raise GuardConfigError(
                 f"guard TLS certificate rejected (check GUARDQ_GUARD_CA_FILE): {one_line(str(exc), 300)}"
             ) from exc
-        except aiohttp.ClientError as exc:
+        except HeaderError as exc:
+            raise GuardConfigError(f"guard request refused before sending: {self._scrub(str(exc))}") from exc
+        except (OSError, ReplyError) as exc:
             raise GuardUnavailable(
                 f"guard unreachable: {type(exc).__name__}: {one_line(self._scrub(str(exc)))}"
             ) from exc
+        body = reply.body
+        if 300 <= reply.status < 400:
+            body = _redirect_note(reply.headers.get("Location", "")).encode()
+        return reply.status, reply.headers, body, reply.whole
 
     def _http_error(self, status: int, headers: Mapping[str, str], body: bytes) -> GuardError:
         retry_after = headers.get("Retry-After")
