@@ -227,6 +227,18 @@ async def test_401_is_a_config_error_that_never_shows_the_key(
     assert API_KEY not in repr(guard)
 
 
+async def test_a_key_pasted_with_its_line_break_is_a_config_error_before_anything_is_sent(
+    server: FakeVllm,
+) -> None:
+    async with make_backend(server.base_url, api_key=API_KEY + "\n") as backend:
+        with pytest.raises(GuardConfigError) as caught:
+            await backend.moderate(GuardRequest(text="hello"))
+
+    assert caught.value.fatal and "line break" in str(caught.value)
+    assert API_KEY not in str(caught.value)
+    assert server.requests == []
+
+
 async def test_gateway_echoing_the_key_gets_it_scrubbed(server: FakeVllm, guard: Qwen3GuardBackend) -> None:
     server.answer(web.Response(status=403, text=f"bad header Authorization: Bearer {API_KEY}"))
 

@@ -43,6 +43,16 @@ async def until_blocked(redis: Redis, count: int = 1) -> None:
     raise AssertionError("the lane's BLPOP never blocked")
 
 
+async def until_gone(redis: Redis, client_id: int) -> None:
+    """Wait (bounded) until the server has freed the connection ``client_id``: a socket closed on our side
+    is noticed by the server on its next event-loop turn, so a command sent at once may still race it."""
+    for _ in range(200):
+        if not await redis.execute_command("CLIENT", "LIST", "ID", client_id):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the server still holds the dropped connection {client_id}")
+
+
 async def blocked_then_behind(
     lane: Lane, redis: Redis, queue: str, key: str
 ) -> tuple[asyncio.Task[list[Any]], asyncio.Task[list[Any]]]:
@@ -102,7 +112,8 @@ async def test_a_cancelled_batch_drops_the_connection_and_no_reply_goes_astray(
     # Written on the dropped connection: it fails rather than read the BLPOP's reply as its own.
     with pytest.raises(RedisConnectionError):
         await behind
-    await redis.rpush(queue, "late")  # the old connection is closed: no one takes it
+    await until_gone(redis, before[0])
+    await redis.rpush(queue, "late")  # the old connection is gone: no one takes it
     assert await lane.execute([("GET", key), ("LLEN", queue)]) == [b"mine", 1]
     assert await lane.execute([("CLIENT", "ID")]) != before  # a new connection
 
