@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import tracemalloc
 
 import pytest
 
@@ -57,6 +58,36 @@ def test_failures_outside_the_window_are_forgotten() -> None:
         breaker.record(success=index % 3 == 0)
     clock.now += FAST.window_s + 1
     breaker.record(success=False)
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_successes_outside_the_window_are_forgotten_too() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(FAST, clock=clock)
+    for _ in range(1000):  # a busy minute long past: its successes must not dilute today's failure rate
+        clock.now += 0.01
+        breaker.record(success=True)
+    clock.now += FAST.window_s + 1
+    for index in range(FAST.min_calls - 1):
+        breaker.record(success=index % 3 == 0)
+    breaker.record(success=False)
+    assert breaker.state is BreakerState.OPEN
+
+
+def test_the_window_costs_the_same_memory_at_any_call_rate() -> None:
+    """A window of one entry per call held every call of the last minute (35 MB at 5,000 calls/s)."""
+    clock = Clock()
+    breaker = CircuitBreaker(FAST, clock=clock)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for _ in range(100_000):  # 2,000 calls/s for 50 s, all in the window
+            clock.now += 0.0005
+            breaker.record(success=True)
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 100_000, f"{after - before} bytes held for 100,000 successes"
     assert breaker.state is BreakerState.CLOSED
 
 
