@@ -228,3 +228,20 @@ def test_guardq_run_with_a_bad_value_exits_2_with_one_line_on_stderr() -> None:
     assert len(lines) == 1, completed.stderr
     assert "GUARDQ_CONCURRENCY" in lines[0]
     assert completed.stdout == ""
+
+
+def test_a_child_process_gets_each_setting_the_parent_left_unset() -> None:
+    """A value meaning "unset" where the default is set (``GUARDQ_KAFKA_COMPRESSION=none``) reaches a
+    child process (the bench's workers, the chaos soak's) as the same setting."""
+    checked = []
+    for spec in SPECS:
+        for spelling in ("auto", "none", ""):
+            try:
+                unset = spec.parse(spelling) is None and spec.parse(spec.default) is not None
+            except ValueError:
+                continue
+            if unset:
+                parent = Settings.load({spec.env: spelling})
+                assert getattr(Settings.load(parent.child_env({})), spec.field) is None, spec.env
+                checked.append(spec.env)
+    assert "GUARDQ_KAFKA_COMPRESSION" in checked

@@ -118,7 +118,7 @@ def spelling_of_none(spec: Spec) -> str | None:
     dropping the variable gives None already."""
     if spec.parse(spec.default) is None:
         return None
-    for candidate in ("auto", ""):
+    for candidate in ("auto", "none", ""):
         try:
             if spec.parse(candidate) is None:
                 return candidate
