@@ -10,6 +10,7 @@ import pytest
 
 from tests.helpers import wait_until
 from worker.config.settings import Settings, SettingsError
+from worker.core.guard_types import GuardRequest
 from worker.processing.breaker import BreakerPolicy, BreakerState, CircuitBreaker, OutageFallback
 
 FAST = BreakerPolicy(cooldown_initial_s=0.01, cooldown_max_s=0.05, trial_calls=2, half_open_timeout_s=1.0)
@@ -89,6 +90,25 @@ def test_the_window_costs_the_same_memory_at_any_call_rate() -> None:
         tracemalloc.stop()
     assert after - before < 100_000, f"{after - before} bytes held for 100,000 successes"
     assert breaker.state is BreakerState.CLOSED
+
+
+def test_the_window_keeps_no_text_of_a_failed_call_alive() -> None:
+    """A guard failing a third of the calls (below the failure rate) for a minute: the window remembers
+    which texts failed, not the texts themselves."""
+    clock = Clock()
+    breaker = CircuitBreaker(FAST, clock=clock)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for index in range(3_000):
+            clock.now += 0.01
+            text = GuardRequest(f"{index:06d}" + "x" * 10_000)
+            breaker.record(success=index % 3 != 0, error=None if index % 3 else TimeoutError(), text=text)
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert breaker.state is BreakerState.CLOSED
+    assert after - before < 1_000_000, f"{after - before} bytes held for 1,000 failed texts of 10 kB"
 
 
 async def test_open_circuit_holds_callers_until_a_probe_and_trials_succeed() -> None:

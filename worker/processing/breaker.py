@@ -231,7 +231,9 @@ class CircuitBreaker:
         failures of one text alone never open the circuit, so one message the guard (or a gateway) always
         refuses cannot pause the worker; it goes through the retry topics to a dead letter instead."""
         now = self._clock()
-        text = object() if text is None else text  # unnamed: every call its own text
+        # Unnamed: every call its own text. Named: known by its hash, so the window never holds a text alive
+        # (a minute of failures of texts up to GUARDQ_MAX_TEXT_CHARS each).
+        text = object() if text is None else hash(text)
         if success and self._state is BreakerState.CLOSED:
             # The outage ends when the circuit closes (trial calls succeeded) or with a success while
             # closed (a guard down at start-up, found working): a stray success while open or half-open
