@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+from collections import OrderedDict
 
 import pytest
 
@@ -189,10 +190,11 @@ async def test_stats_count_calls_and_traceparent_per_content_hash(make_client: M
 
 
 def test_per_content_maps_are_bounded() -> None:
-    mapping: dict[str, int] = {}
+    mapping: OrderedDict[str, int] = OrderedDict()
     for i in range(5):
         bounded_put(mapping, str(i), i, limit=3)
-    assert mapping == {"2": 2, "3": 3, "4": 4}
+    bounded_put(mapping, "3", 30, limit=3)  # a known key is updated in place, nothing evicted
+    assert mapping == {"2": 2, "3": 30, "4": 4}
 
 
 async def test_sim_reset_clears_stats_and_marker_counters(make_client: MakeClient) -> None:
