@@ -291,10 +291,8 @@ async def _health(request: web.Request) -> web.Response:
 async def _stats(request: web.Request) -> web.Response:
     """``GET /sim/stats``; ``?brief=1`` leaves out the per-content maps (cheap enough to poll)."""
     state = request.app[SIM_STATE]
-    stats = state.stats.to_json(state.gate.max_active)
-    if request.query.get("brief") == "1":
-        del stats["calls_by_content"], stats["traceparent_by_content"]
-    return web.json_response(stats)
+    brief = request.query.get("brief") == "1"
+    return web.json_response(state.stats.to_json(state.gate.max_active, brief=brief))
 
 
 async def _reset(request: web.Request) -> web.Response:
