@@ -115,6 +115,19 @@ def test_bad_options_are_named_as_the_caller_wrote_them() -> None:
         Publisher(bootstrap_servers="x:1")
 
 
+def test_options_that_contradict_each_other_are_named_as_the_caller_wrote_them() -> None:
+    with pytest.raises(ValueError) as half_sasl:
+        Publisher(security_protocol="SASL_SSL", sasl_mechanism="PLAIN")
+    assert str(half_sasl.value) == (
+        "security_protocol=SASL_*: set sasl_mechanism, sasl_username and sasl_password"
+        " (or sasl_mechanism=OAUTHBEARER and sasl_oauth_token_file)"
+    )
+    with pytest.raises(ValueError, match=r"^sasl_\* is set but security_protocol=PLAINTEXT uses no SASL$"):
+        Publisher(sasl_oauth_token_file=__file__)
+    with pytest.raises(ValueError, match=r"^ssl_keyfile needs ssl_certfile"):
+        Publisher(security_protocol="SSL", ssl_keyfile=__file__)
+
+
 async def test_without_a_reachable_redis_the_verdict_topic_still_answers(
     make_settings: SettingsFactory,
 ) -> None:

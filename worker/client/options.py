@@ -43,9 +43,18 @@ def settings_from_keywords(owner: str, given: Mapping[str, Any]) -> Settings:
         raise ValueError(_keyword_names(str(exc))) from None
 
 
+# Groups of settings that errors name together (``GUARDQ_KAFKA_SASL_* is set but ...``).
+_GROUPS = {"GUARDQ_KAFKA_SASL_*": "sasl_*", "GUARDQ_KAFKA_SSL_*": "ssl_*"}
+
+
 def _keyword_names(message: str) -> str:
-    """A settings error as the keyword the caller passed would name it (``bootstrap=...``)."""
-    for keyword, field in _KEYWORDS.items():
-        flag = next(spec.flag for spec in SPECS if spec.field == field)
-        message = message.replace(f"{flag}=", f"{keyword}=")
+    """A settings error as the keywords the caller passed would name it (``bootstrap=...``; a check of
+    settings together: ``security_protocol=SASL_*: set sasl_mechanism, ...``)."""
+    specs = {spec.field: spec for spec in SPECS}
+    # Longest names first: GUARDQ_KAFKA_SASL_OAUTH_TOKEN_FILE before a name it starts with.
+    for keyword, field in sorted(_KEYWORDS.items(), key=lambda item: -len(specs[item[1]].env)):
+        message = message.replace(f"{specs[field].flag}=", f"{keyword}=")
+        message = message.replace(specs[field].env, keyword)
+    for group, keywords in _GROUPS.items():
+        message = message.replace(group, keywords)
     return message

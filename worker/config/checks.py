@@ -46,13 +46,15 @@ def _check_sasl(settings: Settings) -> None:
             )
         if password_based:
             raise SettingsError(
-                "GUARDQ_KAFKA_SASL_MECHANISM=OAUTHBEARER uses a token: unset GUARDQ_KAFKA_SASL_USERNAME/_PASSWORD"
+                "GUARDQ_KAFKA_SASL_MECHANISM=OAUTHBEARER uses a token: unset GUARDQ_KAFKA_SASL_USERNAME"
+                " and GUARDQ_KAFKA_SASL_PASSWORD"
             )
         return
     if not (mechanism and settings.kafka_sasl_username and settings.kafka_sasl_password):
         raise SettingsError(
-            "GUARDQ_KAFKA_SECURITY_PROTOCOL=SASL_*: set GUARDQ_KAFKA_SASL_MECHANISM, _USERNAME and _PASSWORD"
-            " (or OAUTHBEARER and _OAUTH_TOKEN_FILE)"
+            "GUARDQ_KAFKA_SECURITY_PROTOCOL=SASL_*: set GUARDQ_KAFKA_SASL_MECHANISM, GUARDQ_KAFKA_SASL_USERNAME"
+            " and GUARDQ_KAFKA_SASL_PASSWORD (or GUARDQ_KAFKA_SASL_MECHANISM=OAUTHBEARER and"
+            " GUARDQ_KAFKA_SASL_OAUTH_TOKEN_FILE)"
         )
     if settings.kafka_sasl_oauth_token_file:
         raise SettingsError(f"GUARDQ_KAFKA_SASL_OAUTH_TOKEN_FILE needs OAUTHBEARER, not {mechanism}")
