@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from worker.guard import transport
-from worker.guard.transport import HeaderError, KeepAlivePool, Reply, ReplyError, ReplyReader
+from worker.guard.reply import MAX_HEAD_BYTES, Reply, ReplyError, ReplyReader
+from worker.guard.transport import HeaderError, KeepAlivePool
 
 CAP = 1024
 OK = b"HTTP/1.1 200 OK\r\n"
@@ -118,7 +119,7 @@ def test_a_connection_is_reused_only_after_a_clean_keep_alive_reply(reply: bytes
         OK + b"Content-Encoding: br\r\nContent-Length: 2\r\n\r\nok",
         OK + b"Content-Encoding: gzip\r\nContent-Length: 8\r\n\r\nnot gzip",
         b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
-        OK + b"X-Flood: " + b"a" * (transport.MAX_HEAD_BYTES + 1),
+        OK + b"X-Flood: " + b"a" * (MAX_HEAD_BYTES + 1),
     ],
     ids=[
         "not-http",

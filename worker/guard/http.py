@@ -21,7 +21,8 @@ from opentelemetry.propagate import inject
 from worker.core.errors import GuardConfigError, GuardError, GuardModelMissing, GuardTimeout, GuardUnavailable
 from worker.core.guard_types import GuardRequest, GuardVerdict
 from worker.guard.base import AsyncLifecycle
-from worker.guard.transport import HeaderError, KeepAlivePool, ReplyError
+from worker.guard.reply import ReplyError
+from worker.guard.transport import HeaderError, KeepAlivePool
 from worker.guard.wire import (
     context_window,
     error_for_status,
