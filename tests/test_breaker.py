@@ -33,6 +33,27 @@ def test_a_run_of_consecutive_failures_opens_it() -> None:
     assert breaker.state is BreakerState.OPEN and breaker.state.value == "red"
 
 
+def test_fast_failures_ahead_of_slow_verdicts_of_the_same_round_do_not_open_it() -> None:
+    """64 calls in flight, a tenth of them answered at once with a 503 or a reset: those arrive first, in
+    a row, before the verdicts of the others."""
+    breaker = CircuitBreaker(FAST)  # its window empty, as after it closes
+    first = [False] * 7 + [True] * 3 + [False] * 2  # 9 failures in the first 12 outcomes, 7 in a row
+    for index, success in enumerate(first + [True] * 52):
+        breaker.record(success=success, text=f"t{index}", in_flight=64 - index)
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_a_guard_down_under_many_calls_opens_it_within_one_round_of_them() -> None:
+    breaker = CircuitBreaker(FAST)
+    for _ in range(1000):  # a window of successes: only a run of failures opens it at once
+        breaker.record(success=True, in_flight=64)
+    for index in range(63):
+        breaker.record(success=False, text=f"t{index}", in_flight=64)
+    assert breaker.state is BreakerState.CLOSED
+    breaker.record(success=False, text="t63", in_flight=64)
+    assert breaker.state is BreakerState.OPEN
+
+
 def test_scattered_failures_that_retries_absorb_do_not_open_it() -> None:
     # A policy that tolerates runs (GUARDQ_BREAKER_FAILURES=20): the 5 of the default open on p=0.3 noise.
     tolerant = BreakerPolicy(consecutive_failures=20, window_s=10, min_calls=40)

@@ -110,6 +110,8 @@ class CircuitBreaker:
         self._clock = clock
         self._state = BreakerState.CLOSED
         self._consecutive = 0
+        self._run_needed = self._policy.consecutive_failures  # the length of run that opens it (``record``)
+        self._in_flight = 1  # calls in flight as the last outcome came (``record``)
         self._run_texts: set[object] = set()  # the texts the current run of failures was for
         self._trial_failed: set[object] = set()  # texts whose trial call failed in this outage
         self._window: deque[_Calls] = deque()
@@ -225,12 +227,22 @@ class CircuitBreaker:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def record(self, *, success: bool, error: BaseException | None = None, text: object = None) -> None:
+    def record(
+        self, *, success: bool, error: BaseException | None = None, text: object = None, in_flight: int = 1
+    ) -> None:
         """Count the outcome of one call (a transient failure, or a success); ``error`` says why it
         failed (the reason shown when this opens the circuit), ``text`` what was sent (hashable): the
         failures of one text alone never open the circuit, so one message the guard (or a gateway) always
-        refuses cannot pause the worker; it goes through the retry topics to a dead letter instead."""
+        refuses cannot pause the worker; it goes through the retry topics to a dead letter instead.
+
+        ``in_flight``: the calls in flight as this one ended, itself included. A 503 or a reset comes back
+        at once while a verdict takes the model's time, so with many calls in flight the failures among
+        them arrive first, in a row, ahead of the verdicts of the same calls. So a run of failures opens
+        the circuit once it is as long as the calls in flight when it began (and at least
+        GUARDQ_BREAKER_FAILURES), and the failure rate counts once the window holds as many calls as are
+        in flight (and at least its minimum): a guard that is down fails every one of them."""
         now = self._clock()
+        self._in_flight = in_flight
         # Unnamed: every call its own text. Named: known by its hash, so the window never holds a text alive
         # (a minute of failures of texts up to GUARDQ_MAX_TEXT_CHARS each).
         text = object() if text is None else hash(text)
@@ -244,6 +256,8 @@ class CircuitBreaker:
             self._consecutive = 0
             self._run_texts.clear()
         else:
+            if self._consecutive == 0:
+                self._run_needed = max(self._policy.consecutive_failures, in_flight)
             self._consecutive += 1
             self._run_texts.add(text)
         if self._state is BreakerState.HALF_OPEN:
@@ -292,11 +306,11 @@ class CircuitBreaker:
             self._close()
 
     def _should_open(self) -> bool:
-        if self._consecutive >= self._policy.consecutive_failures and len(self._run_texts) > 1:
+        if self._consecutive >= self._run_needed and len(self._run_texts) > 1:
             return True
         calls = self._window_calls
         return (
-            calls >= self._policy.min_calls
+            calls >= max(self._policy.min_calls, self._in_flight)
             and self._window_failures / calls >= self._policy.failure_rate
             and len(self._failing_texts) > 1
         )

@@ -236,7 +236,8 @@ class GuardCaller:
         except GuardError as exc:
             self._metrics.guard_errors.labels(type(exc).__name__).inc()
             # A 400 or a reply that is not a verdict is an answer: the guard is up.
-            self._breaker.record(success=not exc.guard_down, error=exc, text=text)
+            in_flight = self._limiter.in_flight
+            self._breaker.record(success=not exc.guard_down, error=exc, text=text, in_flight=in_flight)
             if exc.status == 429 and (exc.retry_after_s is not None or self._adaptive is None):
                 # A Retry-After is always honoured by every call. Without one, a fixed cap has
                 # nothing else to slow it (hold everyone a second); the adaptive cap shrinks
