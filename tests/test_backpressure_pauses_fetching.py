@@ -47,3 +47,24 @@ async def test_the_record_cap_follows_the_concurrency_below_max_buffered(
     )
     assert stats.pauses >= 1
     assert 256 < stats.peak_buffered <= 400
+
+
+async def test_records_waiting_out_a_retry_backoff_do_not_take_the_buffer_from_the_guard(
+    make_settings: SettingsFactory, guard_sim: GuardSim
+) -> None:
+    # Concurrency 4: a record cap of 256. A third of the calls get a 503 and wait 0.2-0.7 s for their
+    # retry without a slot; counted against the cap, they filled it and left the guard idle.
+    await guard_sim.configure(fail_503_rate=0.3)
+    stats = await drain_backlog(
+        make_settings,
+        guard_sim,
+        latency_ms=0,
+        count=1000,
+        concurrency=4,
+        max_buffered=1000,
+        guard_attempts=6,  # a retry topic's hop is not what this is about (and a rare one is short)
+        retry_schedule="1s",
+        guard_backoff="200ms,500ms",  # each wait 0.2-1 s: no long tail of doubled waits
+        breaker_failures=50,  # nor the breaker: 30 % of 503s is a guard that answers
+    )
+    assert 300 < stats.peak_buffered <= 1000

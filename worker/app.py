@@ -36,7 +36,7 @@ from worker.processing.breaker import BreakerPolicy, CircuitBreaker
 from worker.processing.guardcall import GuardCaller
 from worker.processing.limiter import ConcurrencyLimiter
 from worker.processing.pipeline import Pipeline
-from worker.processing.retry import RetryPolicy
+from worker.processing.retry import Backoffs, RetryPolicy
 from worker.processing.throttle import Throttle
 from worker.store.checks import check_store
 from worker.store.connect import RedisSecurity, connect_redis
@@ -63,6 +63,7 @@ class Worker:
     adaptive: AdaptiveLimit | None = field(init=False)
     breaker: CircuitBreaker = field(init=False)
     throttle: Throttle = field(init=False, default_factory=Throttle)
+    backoffs: Backoffs = field(init=False, default_factory=Backoffs)
     metrics: Metrics = field(init=False, default_factory=Metrics)
     health: Health = field(init=False)
     fetch_loop: FetchLoop | None = field(init=False, default=None)
@@ -181,6 +182,7 @@ class Worker:
             max_buffered_bytes=settings.max_buffered_bytes,
             commit_interval_s=settings.commit_interval_s,
             slots=lambda: self.limiter.limit,
+            waiting=lambda: self.backoffs.waiting,
             # An open circuit pauses consumption, unless a fallback gives provisional verdicts meanwhile;
             # parked messages wait while it is open (half-open, they make the trial calls).
             hold=lambda: self.breaker.is_open and not self.breaker.in_fallback,
@@ -205,6 +207,7 @@ class Worker:
             limiter=self.limiter,
             breaker=self.breaker,
             throttle=self.throttle,
+            backoffs=self.backoffs,
             retry=RetryPolicy(
                 max_attempts=settings.guard_attempts,
                 max_total_s=settings.guard_retry_budget_s,

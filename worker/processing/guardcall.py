@@ -29,7 +29,7 @@ from worker.processing.breaker import CircuitBreaker, OutageFallback
 from worker.processing.guardbatch import Answer as BatchAnswer
 from worker.processing.guardbatch import GuardBatcher
 from worker.processing.limiter import ConcurrencyLimiter
-from worker.processing.retry import GuardCallFailed, RetryPolicy, until_available
+from worker.processing.retry import Backoffs, GuardCallFailed, RetryPolicy, until_available
 from worker.processing.throttle import Throttle
 from worker.store.verdicts import VerdictStore
 from worker.telemetry import tracing
@@ -71,6 +71,7 @@ class GuardCaller:
         chunk_chars: int | None,
         metrics: Metrics,
         adaptive: AdaptiveLimit | None = None,
+        backoffs: Backoffs | None = None,
         batch_max: int = 32,
         batch_wait_s: float = 0.005,
     ) -> None:
@@ -84,6 +85,7 @@ class GuardCaller:
         self._chunk_chars = chunk_chars
         self._metrics = metrics
         self._adaptive = adaptive
+        self._backoffs = backoffs or Backoffs()
         self._batcher = (
             GuardBatcher(self._send_batch, self._limiter.slot, max_size=batch_max, wait_s=batch_wait_s)
             if isinstance(guard, BatchGuardBackend)
@@ -159,6 +161,7 @@ class GuardCaller:
                 verdict, attempts = await self._retry.call(
                     functools.partial(self._call, request, made_before + made),
                     hold=lambda: self._breaker.is_open,
+                    sleep=self._backoffs.sleep,
                 )
                 return verdict, made + attempts
             except GuardCallFailed as failed:

@@ -9,6 +9,7 @@ guard calls already paid for are not made again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -77,6 +78,21 @@ class _stop_at_error_cap(stop_base):
         return cap is not None and error is not None and self._failures[type(error)] >= cap
 
 
+class Backoffs:
+    """How many guard calls are waiting out a retry's backoff right now: they hold no guard slot, so the
+    fetch loop buffers that many more records (``FetchLoop``'s ``waiting``) and the slots stay busy."""
+
+    def __init__(self) -> None:
+        self.waiting = 0
+
+    async def sleep(self, seconds: float) -> None:
+        self.waiting += 1
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.waiting -= 1
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how long a guard call is retried in process."""
@@ -97,14 +113,18 @@ class RetryPolicy:
         return delay
 
     async def call(
-        self, attempt: Callable[[int], Awaitable[T]], *, hold: Callable[[], bool] | None = None
+        self,
+        attempt: Callable[[int], Awaitable[T]],
+        *,
+        hold: Callable[[], bool] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> tuple[T, int]:
         """Run ``attempt(n)`` (n = 1, 2, ...) until it succeeds; return its result and the attempts made.
 
         When attempts or time run out, or at once for an error that is not transient, the last
         ``GuardError`` is raised wrapped in ``GuardCallFailed`` with the number of attempts made.
         While ``hold()`` is true (the circuit is open) no further attempt is made: the caller waits for
-        the guard instead of spending attempts on it.
+        the guard instead of spending attempts on it. ``sleep`` waits out each backoff.
         """
 
         def should_retry(exc: BaseException) -> bool:
@@ -124,6 +144,7 @@ class RetryPolicy:
             | stop_before_delay(max(self.max_total_s - spent_s, 0.0))
             | _stop_at_error_cap(failures),
             wait=self._wait,
+            sleep=sleep,
             retry=retry_if_exception(should_retry),
             reraise=True,
         )
