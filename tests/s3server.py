@@ -60,6 +60,10 @@ def _free_ports(count: int) -> list[int]:
             probe.close()
 
 
+class PortTaken(RuntimeError):
+    """weed exited because one of its ports was taken meanwhile."""
+
+
 class LocalS3:
     """A SeaweedFS server with its S3 gateway on 127.0.0.1, storing under ``data_dir``."""
 
@@ -83,20 +87,35 @@ class LocalS3:
             "AWS_ALLOW_HTTP": "true",
         }
 
-    def start(self, *, timeout_s: float = 30.0) -> None:
-        """Start the server and wait until its S3 gateway answers; raise ``RuntimeError`` otherwise."""
+    def start(self, *, timeout_s: float = 30.0, tries: int = 3) -> None:
+        """Start the server and wait until its S3 gateway answers; raise ``RuntimeError`` otherwise. A
+        free port can be taken by another process before weed binds it (tests run in parallel): weed
+        then exits, and is started again on fresh ports, at most ``tries`` times in all."""
+        for _ in range(tries - 1):
+            try:
+                return self._start_once(timeout_s)
+            except PortTaken:
+                self.stop()
+                self.ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
+        self._start_once(timeout_s)
+
+    def _start_once(self, timeout_s: float) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.data_dir / "weed.log"
+        logged_before = log_path.stat().st_size if log_path.exists() else 0
         command = [weed_binary(), "server", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
         # Small volumes: the default 30 GB volume size limit would make the master reserve far more disk.
         command += ["-s3", "-master.volumeSizeLimitMB=64", "-volume.max=8"]
         command += [f"-{flag}={port}" for flag, port in self.ports.items()]
-        with (self.data_dir / "weed.log").open("ab") as log:
+        with log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if b"address already in use" in log_path.read_bytes()[logged_before:]:
+                    raise PortTaken(f"weed found a port taken: see {self.data_dir}")
                 raise RuntimeError(f"weed exited with code {self.process.returncode}: see {self.data_dir}")
             if self._answers():
                 return
