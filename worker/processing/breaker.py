@@ -21,12 +21,12 @@ import contextlib
 import enum
 import logging
 import time
-from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from worker.core.errors import GuardError
+from worker.processing.callwindow import CallWindow
 
 if TYPE_CHECKING:
     from worker.config.settings import Settings
@@ -39,21 +39,6 @@ def _raise_if_fatal(exc: Exception) -> None:
     waiting: raise it, so the worker stops with its one clear line instead of staying red for ever."""
     if getattr(exc, "fatal", False):
         raise exc
-
-
-# Successes within this share of the window are counted in one entry: the window holds at most about this
-# many entries of successes (plus one per failure) whatever the call rate. One entry per call held every
-# call of the last minute: 300,000 entries, 35 MB, at 5,000 calls/s.
-_SUCCESS_BUCKETS: Final = 120
-
-
-@dataclass(slots=True)
-class _Calls:
-    """Calls of the sliding window: one failure (its text), or successes begun at ``at`` (``text`` None)."""
-
-    at: float
-    count: int
-    text: object | None
 
 
 class BreakerState(enum.Enum):
@@ -114,11 +99,7 @@ class CircuitBreaker:
         self._in_flight = 1  # calls in flight as the last outcome came (``record``)
         self._run_texts: set[object] = set()  # the texts the current run of failures was for
         self._trial_failed: set[object] = set()  # texts whose trial call failed in this outage
-        self._window: deque[_Calls] = deque()
-        self._window_calls = 0  # kept with the window, so each call costs O(1)
-        self._window_failures = 0
-        self._bucket_s = self._policy.window_s / _SUCCESS_BUCKETS
-        self._failing_texts: Counter[object] = Counter()  # failures in the window, by text
+        self._window = CallWindow(self._policy.window_s)
         self._trials_left = 0
         self._trial_successes = 0
         self._cooldown_s = self._policy.cooldown_initial_s
@@ -243,15 +224,16 @@ class CircuitBreaker:
         in flight (and at least its minimum): a guard that is down fails every one of them."""
         now = self._clock()
         self._in_flight = in_flight
-        # Unnamed: every call its own text. Named: known by its hash, so the window never holds a text alive
-        # (a minute of failures of texts up to GUARDQ_MAX_TEXT_CHARS each).
-        text = object() if text is None else hash(text)
+        # A failure's text: unnamed, every call its own; named, known by its hash, so the window never holds
+        # a text alive (a minute of failures of texts up to GUARDQ_MAX_TEXT_CHARS each).
+        if not success:
+            text = object() if text is None else hash(text)
         if success and self._state is BreakerState.CLOSED:
             # The outage ends when the circuit closes (trial calls succeeded) or with a success while
             # closed (a guard down at start-up, found working): a stray success while open or half-open
             # says nothing about the guard now.
             self._outage_over()
-        self._count(now, success, text)
+        self._window.add(now, failed_text=None if success else text)
         if success:
             self._consecutive = 0
             self._run_texts.clear()
@@ -266,27 +248,6 @@ class CircuitBreaker:
             self._open(
                 f"guard calls failing, the last: {error}" if error is not None else "guard calls failing"
             )
-
-    def _count(self, now: float, success: bool, text: object) -> None:
-        """Add a call to the sliding window and forget the calls older than it (a bucket of successes
-        leaves whole, up to ``_bucket_s`` early)."""
-        newest = self._window[-1] if self._window else None
-        if success and newest is not None and newest.text is None and now - newest.at < self._bucket_s:
-            newest.count += 1
-        else:
-            self._window.append(_Calls(now, 1, None if success else text))
-        self._window_calls += 1
-        if not success:
-            self._window_failures += 1
-            self._failing_texts[text] += 1
-        while self._window and self._window[0].at < now - self._policy.window_s:
-            old = self._window.popleft()
-            self._window_calls -= old.count
-            if old.text is not None:
-                self._window_failures -= 1
-                self._failing_texts[old.text] -= 1
-                if self._failing_texts[old.text] <= 0:
-                    del self._failing_texts[old.text]
 
     def _record_trial(self, success: bool, text: object) -> None:
         if not success and (self._trial_successes > 0 or text in self._trial_failed):
@@ -308,11 +269,11 @@ class CircuitBreaker:
     def _should_open(self) -> bool:
         if self._consecutive >= self._run_needed and len(self._run_texts) > 1:
             return True
-        calls = self._window_calls
+        calls = self._window.calls
         return (
             calls >= max(self._policy.min_calls, self._in_flight)
-            and self._window_failures / calls >= self._policy.failure_rate
-            and len(self._failing_texts) > 1
+            and self._window.failures / calls >= self._policy.failure_rate
+            and self._window.failing_texts > 1
         )
 
     def _open(self, why: str) -> None:
@@ -345,9 +306,6 @@ class CircuitBreaker:
         self._consecutive = 0
         self._run_texts.clear()
         self._window.clear()
-        self._window_calls = 0
-        self._window_failures = 0
-        self._failing_texts.clear()
         self._cooldown_s = self._policy.cooldown_initial_s
         self._opened.clear()
         self._settled.set()
