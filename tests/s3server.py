@@ -60,6 +60,11 @@ def _free_ports(count: int) -> list[int]:
             probe.close()
 
 
+def _fresh_ports() -> dict[str, int]:
+    """A free port for each of weed's port flags."""
+    return dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
+
+
 class PortTaken(RuntimeError):
     """weed exited because one of its ports was taken meanwhile."""
 
@@ -69,7 +74,7 @@ class LocalS3:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
+        self.ports = _fresh_ports()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -96,7 +101,7 @@ class LocalS3:
                 return self._start_once(timeout_s)
             except PortTaken:
                 self.stop()
-                self.ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
+                self.ports = _fresh_ports()
         self._start_once(timeout_s)
 
     def _start_once(self, timeout_s: float) -> None:
